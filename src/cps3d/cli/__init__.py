@@ -1,0 +1,70 @@
+"""The ``cps3d`` command: one entry point, one subcommand per pipeline stage.
+
+Every module in this package that defines ``COMMAND``, ``add_parser(subparsers)`` and ``run(args) -> int`` is a
+subcommand. Modules import their heavy dependencies (torch, nnU-Net) inside ``run`` so that ``cps3d --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from cps3d import __version__
+from cps3d.cli.common import CLIError
+
+# Order in which subcommands are listed in ``cps3d --help`` (the pipeline order); unknown ones follow alphabetically.
+_ORDER = ["demo", "phantoms", "check", "plan", "preprocess", "train", "predict", "evaluate", "profile"]
+
+
+def _command_modules():
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.name == "common":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "COMMAND") and hasattr(module, "add_parser") and hasattr(module, "run"):
+            found.append(module)
+    rank = {name: i for i, name in enumerate(_ORDER)}
+    return sorted(found, key=lambda m: (rank.get(m.COMMAND, len(_ORDER)), m.COMMAND))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cps3d",
+        description="Semi-supervised 3D segmentation with Cross Pseudo Supervision (3D-CPS) on nnU-Net v2. "
+        "Typical order: check -> plan -> preprocess -> train -> predict -> evaluate. "
+        "'cps3d demo' runs all of it on synthetic phantoms.",
+    )
+    parser.add_argument("--version", action="version", version=f"cps3d {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _command_modules():
+        p = module.add_parser(sub)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    try:
+        return int(args._run(args) or 0)
+    except CLIError as e:
+        print(f"cps3d {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cps3d {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,87 @@
+"""cps3d plan: dataset fingerprint (global intensity statistics by default) and nnU-Net plans for 2d and 3d_fullres."""
+
+from __future__ import annotations
+
+import argparse
+
+from cps3d.cli import common
+
+COMMAND = "plan"
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        COMMAND,
+        help="fingerprint the dataset and plan 2d / 3d_fullres residual-encoder U-Nets",
+        description="Compute the dataset fingerprint (intensity statistics from labeled and unlabeled scans by "
+        "default) and write nnU-Net plans with a residual-encoder planner. CPS trains two networks on a labeled and "
+        "an unlabeled batch each, so the planner's GPU memory target is divided by 2 x (1 + unlabeled/labeled batch "
+        "ratio), 4 by default; the figures are recorded in the plans under 'cps3d'. Overrides apply to every "
+        "configuration given with -c (plan 2d and 3d_fullres in separate runs to give each its own patch size).",
+    )
+    common.add_dataset(p)
+    common.add_roots(p, raw=True, preprocessed=True)
+    g = p.add_argument_group("fingerprint")
+    g.add_argument("--intensity-stats", choices=("global", "foreground", "body"), default="global",
+                   help="voxels the CT intensity statistics come from: all voxels of labeled and unlabeled scans "
+                   "(global, the paper's), labeled foreground only (foreground, nnU-Net's), or labeled and unlabeled "
+                   "voxels above --body-threshold (body) (default: global)")
+    g.add_argument("--body-threshold", type=float, default=-500.0, metavar="HU",
+                   help="threshold of --intensity-stats body (default: -500)")
+    g.add_argument("--fingerprint-samples", type=int, default=10_000_000, metavar="N",
+                   help="voxels sampled in total for global/body statistics (default: 10000000)")
+    g.add_argument("--seed", type=int, default=1234, help="seed of the intensity sampler (default: 1234)")
+    g.add_argument("--overwrite-fingerprint", action="store_true",
+                   help="recompute the fingerprint even if an up-to-date one exists")
+    g = p.add_argument_group("planning")
+    g.add_argument("--planner", default="nnUNetPlannerResEncM",
+                   choices=("nnUNetPlannerResEncM", "nnUNetPlannerResEncL", "nnUNetPlannerResEncXL",
+                            "ResEncUNetPlanner", "ExperimentPlanner"),
+                   help="nnU-Net planner (default: nnUNetPlannerResEncM)")
+    g.add_argument("--plans-name", default="cps3dPlans", help="plans identifier (default: cps3dPlans)")
+    g.add_argument("-c", "--configurations", nargs="+", default=["2d", "3d_fullres"], choices=("2d", "3d_fullres"),
+                   metavar="CONFIG", help="configurations to plan: 2d and/or 3d_fullres (default: both)")
+    g.add_argument("--gpu-memory-gb", type=float, metavar="GB",
+                   help="GPU memory CPS training may use (default: the planner's target, 8 for ResEnc M)")
+    g.add_argument("--memory-factor", type=float, metavar="F",
+                   help="divide the memory target by F instead of 2 x (1 + unlabeled/labeled); 1 plans as nnU-Net")
+    g.add_argument("--patch-size", type=int, nargs="+", metavar="N",
+                   help="patch size in voxels (3 numbers for 3d_fullres, 2 for 2d, in the plans' axis order)")
+    g.add_argument("--n-stages", type=int, metavar="N", help="number of resolution stages of the U-Net")
+    g.add_argument("--base-features", type=int, metavar="N", help="features of the first stage (default: 32)")
+    g.add_argument("--max-features", type=int, metavar="N", help="feature cap (default: 320 in 3D, 512 in 2D)")
+    g.add_argument("--batch-size", type=int, metavar="N", help="labeled batch size per network and iteration")
+    g.add_argument("--unlabeled-batch-size", type=int, metavar="N",
+                   help="unlabeled batch size per network and iteration (default: the labeled batch size)")
+    common.add_num_processes(p, default=2, what="processes reading scans")
+    common.add_skip_check(p)
+    common.add_no_progress(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from cps3d.dataset import DatasetError, RawDataset, ensure_checked
+    from cps3d.fingerprint import FingerprintConfig, ensure_fingerprint
+    from cps3d.planning import PlanConfig, plan_experiment
+
+    raw = common.raw_root(args)
+    pre = common.preprocessed_root(args)
+    try:
+        fp_config = FingerprintConfig(intensity_stats=args.intensity_stats, body_threshold_hu=args.body_threshold,
+                                      samples_total=args.fingerprint_samples, seed=args.seed)
+        plan_config = PlanConfig(planner=args.planner, plans_name=args.plans_name,
+                                 configurations=tuple(dict.fromkeys(args.configurations)),
+                                 gpu_memory_gb=args.gpu_memory_gb, memory_factor=args.memory_factor,
+                                 patch_size=tuple(args.patch_size) if args.patch_size else None,
+                                 n_stages=args.n_stages, base_features=args.base_features,
+                                 max_features=args.max_features, batch_size=args.batch_size,
+                                 unlabeled_batch_size=args.unlabeled_batch_size)
+        ds = RawDataset.from_root(raw, args.dataset)
+        if not args.skip_check:
+            ensure_checked(ds, f"{pre}/{ds.name}", args.num_processes, not args.no_progress)
+        fp = ensure_fingerprint(ds, pre, fp_config, args.num_processes, not args.no_progress,
+                                overwrite=args.overwrite_fingerprint)
+        plan_experiment(raw, pre, ds.name, plan_config, fingerprint_meta=fp.get("cps3d"))
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        raise common.CLIError(str(e)) from e
+    return 0

@@ -1,0 +1,79 @@
+"""cps3d train: CPS (two networks, labeled + unlabeled) or supervised training of one fold."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from cps3d.cli import common
+
+COMMAND = "train"
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        COMMAND,
+        help="train CPS (or the supervised baseline) on a preprocessed configuration",
+        description="Train one fold. --mode cps trains two sibling networks (different initialisation, one SGD "
+        "optimizer each) on a labeled and an unlabeled batch per iteration with loss L_sup + lambda * (L_cps_labeled "
+        "+ L_cps_unlabeled), lambda rising linearly from 0 to --lambda-max. --mode supervised trains one network "
+        "with the same pipeline (the ablation's baseline). The model folder is "
+        "<results>/<dataset>/<Trainer>__<plans>__<configuration>/fold_<f>/ as in nnU-Net.",
+    )
+    common.add_dataset(p)
+    common.add_roots(p, raw=False, preprocessed=True, results=True)
+    p.add_argument("-c", "--configuration", default="3d_fullres", help="2d or 3d_fullres (default: 3d_fullres)")
+    p.add_argument("-f", "--fold", default="0", help="fold 0-4 of nnU-Net's 5-fold split, or 'all' (default: 0)")
+    p.add_argument("--mode", choices=("cps", "supervised"), default="cps", help="default: cps")
+    p.add_argument("--plans-name", default="cps3dPlans", help="plans identifier (default: cps3dPlans)")
+    p.add_argument("--epochs", type=int, default=1000, help="default: 1000")
+    p.add_argument("--iters-per-epoch", type=int, default=250, help="training iterations per epoch (default: 250)")
+    p.add_argument("--val-iters", type=int, default=50, help="validation iterations per epoch (default: 50)")
+    p.add_argument("--lambda-max", type=float, default=0.5, help="final CPS weight (default: 0.5)")
+    p.add_argument("--lambda-ramp-epochs", type=int, metavar="N",
+                   help="epochs over which lambda rises from 0 to --lambda-max (default: half of --epochs)")
+    p.add_argument("--lr-schedule", choices=("plateau", "poly"), default="plateau",
+                   help="ReduceLROnPlateau on the training loss (the paper's) or nnU-Net's poly decay (default: plateau)")
+    p.add_argument("--initial-lr", type=float, default=0.01, help="default: 0.01")
+    p.add_argument("--seed", type=int, default=12345,
+                   help="network 1 is initialised with SEED, network 2 with SEED+1 (default: 12345)")
+    p.add_argument("--save-every", type=int, default=1, help="write checkpoint_latest.pth every N epochs (default: 1)")
+    p.add_argument("--no-final-validation", action="store_true",
+                   help="skip predicting the validation fold at the end")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--continue", dest="continue_training", action="store_true",
+                   help="resume from the fold's latest checkpoint (or extend a finished run to more --epochs)")
+    p.add_argument("--overwrite", action="store_true", help="train again from scratch over a finished run")
+    p.add_argument("--num-workers", type=int, metavar="N",
+                   help="data augmentation processes (sets nnUNet_n_proc_DA; 0 = in the main process)")
+    common.add_no_progress(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.num_workers is not None:
+        if args.num_workers < 0:
+            raise common.CLIError(f"--num-workers {args.num_workers}: must be >= 0")
+        os.environ["nnUNet_n_proc_DA"] = str(args.num_workers)
+    from cps3d.dataset import find_dataset_name
+    from cps3d.training.config import TrainConfig
+    from cps3d.training.run import train
+
+    pre = common.preprocessed_root(args, must_exist=True)
+    res = common.results_root(args)
+    if args.fold != "all" and not args.fold.isdigit():
+        raise common.CLIError(f"--fold {args.fold!r}: give a number (0-4) or 'all'")
+    try:
+        config = TrainConfig(mode=args.mode, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
+                             val_iters=args.val_iters, lambda_max=args.lambda_max,
+                             lambda_ramp_epochs=args.lambda_ramp_epochs, lr_schedule=args.lr_schedule,
+                             initial_lr=args.initial_lr, seed=args.seed, save_every=args.save_every,
+                             final_validation=not args.no_final_validation, amp=not args.no_amp)
+        name = find_dataset_name(args.dataset, [pre])
+        trainer = train(name, pre, res, args.configuration, args.fold, config, args.plans_name, args.device,
+                        args.continue_training, args.overwrite, show_progress=not args.no_progress)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise common.CLIError(str(e)) from e
+    print(f"Model folder: {os.path.dirname(trainer.output_folder)}")
+    return 0

@@ -1,0 +1,84 @@
+"""Training configuration: one frozen dataclass, saved as JSON in every run folder."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+MODES = ("cps", "supervised")
+LR_SCHEDULES = ("plateau", "poly")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run besides the plans and the data.
+
+    mode: ``cps`` (two networks, labeled + unlabeled batches) or ``supervised`` (one network, the paper's baseline).
+    epochs, iters_per_epoch, val_iters: nnU-Net's 1000 x 250 with 50 validation iterations by default.
+    lambda_max, lambda_ramp_epochs: CPS weight rises linearly from 0 to ``lambda_max`` over ``lambda_ramp_epochs``
+        epochs (None = half of ``epochs``), then stays.
+    lr_schedule: ``plateau`` (the paper's ReduceLROnPlateau on the training loss) or ``poly`` (nnU-Net's, the authors'
+        code). plateau_*: its factor, patience (epochs), absolute threshold, and the EMA of the training loss it watches.
+    initial_lr, weight_decay, momentum, grad_clip: SGD with Nesterov momentum; gradient-norm clipping per network.
+    seed: network 1 is initialised with ``seed``, network 2 with ``seed + 1``; data sampling is seeded with
+        ``seed + 1000 * rank`` so that DDP ranks draw different batches.
+    save_every: write ``checkpoint_latest.pth`` every this many epochs (a killed run resumes from it).
+    final_validation: predict the validation fold with network 1 at the end, as nnU-Net does.
+    amp: mixed precision (CUDA only; ignored on CPU).
+    """
+
+    mode: str = "cps"
+    epochs: int = 1000
+    iters_per_epoch: int = 250
+    val_iters: int = 50
+    lambda_max: float = 0.5
+    lambda_ramp_epochs: int | None = None
+    lr_schedule: str = "plateau"
+    initial_lr: float = 0.01
+    weight_decay: float = 3e-5
+    momentum: float = 0.99
+    grad_clip: float = 12.0
+    plateau_factor: float = 0.2
+    plateau_patience: int = 30
+    plateau_threshold: float = 1e-3
+    plateau_ema: float = 0.93
+    min_lr: float = 1e-6
+    seed: int = 12345
+    save_every: int = 1
+    final_validation: bool = True
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
+        for name in ("epochs", "iters_per_epoch", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
+        if self.val_iters < 0:
+            raise ValueError(f"val_iters={self.val_iters}: must be >= 0")
+        if self.lambda_max < 0:
+            raise ValueError(f"lambda_max={self.lambda_max}: must be >= 0")
+        if self.lambda_ramp_epochs is not None and self.lambda_ramp_epochs < 0:
+            raise ValueError(f"lambda_ramp_epochs={self.lambda_ramp_epochs}: must be >= 0")
+        if self.initial_lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1 or self.grad_clip <= 0:
+            raise ValueError("initial_lr > 0, weight_decay >= 0, 0 <= momentum < 1 and grad_clip > 0 are required")
+
+    @property
+    def ramp_epochs(self) -> int:
+        return self.lambda_ramp_epochs if self.lambda_ramp_epochs is not None else self.epochs // 2
+
+    @property
+    def n_networks(self) -> int:
+        return 2 if self.mode == "cps" else 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training option(s): {sorted(unknown)}")
+        return cls(**d)

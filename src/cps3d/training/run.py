@@ -1,0 +1,109 @@
+"""Starting, resuming and distributing a training run (the API behind ``cps3d train``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from cps3d.files import read_json
+from cps3d.nnunet_env import nnunet_folders
+from cps3d.planning import DEFAULT_PLANS_NAME, load_plans
+from cps3d.preprocessing import unlabeled_folder
+from cps3d.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_IN_RESUME_ORDER = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def model_folder(results_root: str | os.PathLike, dataset_name: str, mode: str, plans_name: str,
+                 configuration: str) -> Path:
+    """``<results>/<dataset>/<Trainer>__<plans>__<configuration>``: nnU-Net's layout; holds fold_N/ folders."""
+    from cps3d.training.trainer import TRAINERS
+
+    return Path(results_root) / dataset_name / f"{TRAINERS[mode].__name__}__{plans_name}__{configuration}"
+
+
+def _has_cases(folder: Path) -> bool:
+    return folder.is_dir() and any(f.suffix == ".b2nd" and not f.name.endswith("_seg.b2nd") for f in folder.iterdir())
+
+
+def maybe_init_distributed(device: torch.device) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1); NCCL on CUDA, gloo on
+    CPU. Returns whether this process is part of a distributed run."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return True
+
+
+def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root: str | os.PathLike,
+          configuration: str, fold: int | str, config: TrainConfig, plans_name: str = DEFAULT_PLANS_NAME,
+          device: torch.device | str | None = None, continue_training: bool = False, overwrite: bool = False,
+          show_progress: bool = True):
+    """Train one fold and return the trainer (its ``output_folder`` holds checkpoints, logs and plots).
+
+    ``fold`` is 0-4 or ``"all"``. Raises FileExistsError if the fold already holds a finished training and neither
+    ``continue_training`` (extend or resume it) nor ``overwrite`` (start again) is given.
+    """
+    from cps3d.training.trainer import TRAINERS
+
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA device is available; use --device cpu")
+    if fold != "all":
+        fold = int(fold)
+    plans = load_plans(preprocessed_root, dataset_name, plans_name)
+    if configuration not in plans["configurations"]:
+        raise ValueError(f"configuration {configuration!r} not in {plans_name}.json "
+                         f"(has: {sorted(plans['configurations'])}); run 'cps3d plan -c {configuration}'")
+    dataset_json = read_json(Path(preprocessed_root) / dataset_name / "dataset.json")
+    data_folder = Path(preprocessed_root) / dataset_name / \
+        plans["configurations"][configuration].get("data_identifier", f"{plans_name}_{configuration}")
+    if not _has_cases(data_folder):
+        raise FileNotFoundError(f"{data_folder}: no preprocessed cases; run 'cps3d preprocess -d {dataset_name} "
+                                f"-c {configuration}' first")
+    if config.mode == "cps" and not _has_cases(unlabeled_folder(data_folder)):
+        raise FileNotFoundError(f"{unlabeled_folder(data_folder)}: no preprocessed unlabeled cases; CPS needs scans in "
+                                "imagesUnlabeled/ (then 'cps3d preprocess'), or train with --mode supervised")
+    distributed = maybe_init_distributed(device)
+    plans["continue_training"] = continue_training  # nnU-Net's trainer pops this key
+    with nnunet_folders(preprocessed=preprocessed_root, results=results_root):
+        trainer = TRAINERS[config.mode](plans, configuration, fold, dataset_json, device)
+        trainer.configure(config, show_progress=show_progress)
+        out = Path(trainer.output_folder)
+        existing = [out / c for c in CHECKPOINTS_IN_RESUME_ORDER if (out / c).is_file()]
+        if continue_training:
+            if existing:
+                log.info("Resuming from %s", existing[0])
+                trainer.load_checkpoint(str(existing[0]))
+            else:
+                log.warning("--continue: no checkpoint in %s; starting a new training", out)
+        elif (out / "checkpoint_final.pth").is_file() and not overwrite:
+            raise FileExistsError(f"{out} already holds a finished training; pass --continue to resume or extend it "
+                                  "(with more --epochs), or --overwrite to train again from scratch")
+        if trainer.current_epoch >= trainer.num_epochs:
+            log.info("Training already finished (%d of %d epochs); nothing to do", trainer.current_epoch,
+                     trainer.num_epochs)
+        else:
+            trainer.run_training()
+            if config.final_validation:
+                trainer.perform_actual_validation()
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return trainer

@@ -1,0 +1,63 @@
+"""Schedules of the CPS weight lambda and of the learning rate, as pure functions of the epoch.
+
+Epochs count from 0. ``cps_lambda`` rises linearly from 0 at epoch 0 to ``lambda_max`` at epoch ``ramp_epochs`` and
+stays there (the paper: 0 -> 0.5 over the first half of training). The authors' code used (epoch + 1) / 500 * 0.5; we
+start at exactly 0 so that the first epoch is purely supervised, as the paper's "from 0" says.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+
+def cps_lambda(epoch: int, lambda_max: float = 0.5, ramp_epochs: int = 500) -> float:
+    """Weight of the CPS loss at ``epoch``: ``lambda_max * min(1, epoch / ramp_epochs)``; constant if ramp is 0."""
+    if epoch < 0:
+        raise ValueError(f"epoch={epoch}: must be >= 0")
+    if ramp_epochs <= 0:
+        return float(lambda_max)
+    return float(lambda_max) * min(1.0, epoch / ramp_epochs)
+
+
+def poly_lr(epoch: int, initial_lr: float, max_epochs: int, exponent: float = 0.9) -> float:
+    """nnU-Net's polynomial decay: ``initial_lr * (1 - epoch / max_epochs) ** exponent``."""
+    if not 0 <= epoch <= max_epochs:
+        raise ValueError(f"epoch={epoch}: must be within [0, {max_epochs}]")
+    return initial_lr * (1 - epoch / max_epochs) ** exponent
+
+
+class PlateauSchedule:
+    """ReduceLROnPlateau on an exponential moving average of an epoch's training loss (nnU-Net v1's recipe).
+
+    Call ``step(epoch_loss)`` once per epoch, after the epoch. The learning rate drops by ``factor`` after
+    ``patience`` epochs in which the averaged loss did not improve by more than ``threshold`` (absolute).
+    """
+
+    def __init__(self, optimizer: Optimizer, factor: float = 0.2, patience: int = 30, threshold: float = 1e-3,
+                 ema_alpha: float = 0.93, min_lr: float = 1e-6):
+        if not 0 < factor < 1:
+            raise ValueError(f"factor={factor}: must be in (0, 1)")
+        if not 0 <= ema_alpha < 1:
+            raise ValueError(f"ema_alpha={ema_alpha}: must be in [0, 1)")
+        self.ema_alpha = ema_alpha
+        self.loss_ema: float | None = None
+        self.scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience,
+                                           threshold=threshold, threshold_mode="abs", min_lr=min_lr)
+
+    def step(self, epoch_loss: float) -> float:
+        if not math.isfinite(epoch_loss):
+            return self.loss_ema if self.loss_ema is not None else epoch_loss
+        self.loss_ema = epoch_loss if self.loss_ema is None else \
+            self.ema_alpha * self.loss_ema + (1 - self.ema_alpha) * epoch_loss
+        self.scheduler.step(self.loss_ema)
+        return self.loss_ema
+
+    def state_dict(self) -> dict:
+        return {"loss_ema": self.loss_ema, "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss_ema = state["loss_ema"]
+        self.scheduler.load_state_dict(state["scheduler"])
