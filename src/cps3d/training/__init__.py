@@ -1,0 +1,1 @@
+"""CPS and supervised training on nnU-Net v2 (see ``trainer``), with its configuration, loss and schedules."""
