@@ -276,11 +276,10 @@ def check_layout(ds: RawDataset) -> list[Problem]:
     for case in sorted(labels - set(images)):
         problems.append(Problem(str(lab_dir / f"{case}{ds.file_ending}"),
                                 f"label without image: expected {img_dir / (case + '_0000' + ds.file_ending)}"))
-    n_labeled = len(set(images) & labels)
-    if ds.dataset_json.get("numTraining") != n_labeled and not p:
+    if ds.dataset_json.get("numTraining") != len(images) and not p:
         problems.append(Problem(str(ds.folder / "dataset.json"),
-                                f"numTraining is {ds.dataset_json.get('numTraining')} but {n_labeled} labeled case(s) "
-                                "were found"))
+                                f"numTraining is {ds.dataset_json.get('numTraining')} but {len(images)} training "
+                                f"image case(s) were found in {LABELED_IMAGES}/"))
     for sub in (UNLABELED_IMAGES, TEST_IMAGES):
         problems += list_image_cases(ds.folder / sub, ds.file_ending, ds.num_channels)[1]
     return problems
@@ -292,10 +291,6 @@ class _Geometry:
     spacing: tuple[float, ...]
     origin: tuple[float, ...]
     direction: tuple[float, ...]
-
-    @classmethod
-    def of(cls, img: sitk.Image) -> _Geometry:
-        return cls(tuple(img.GetSize()), tuple(img.GetSpacing()), tuple(img.GetOrigin()), tuple(img.GetDirection()))
 
     def differences(self, other: _Geometry) -> list[str]:
         out = []
@@ -315,40 +310,69 @@ def _fmt(v: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
 
 
-def _read(path: str, problems: list[Problem]) -> sitk.Image | None:
+def _first_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def _read_header(path: str, problems: list[Problem]) -> sitk.ImageFileReader | None:
     if not os.path.isfile(path):
         problems.append(Problem(path, "file not found"))
         return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
     try:
-        return sitk.ReadImage(path)
-    except Exception as e:  # SimpleITK raises RuntimeError with its own text for corrupt files
-        first = str(e).strip().splitlines()
-        problems.append(Problem(path, "cannot be read: " + (first[-1] if first else type(e).__name__)))
+        reader.ReadImageInformation()
+    except Exception as e:  # SimpleITK raises RuntimeError with its own text for unreadable files
+        problems.append(Problem(path, "cannot be read: " + _first_line(e)))
+        return None
+    return reader
+
+
+def _read_voxels(path: str, problems: list[Problem]) -> np.ndarray | None:
+    """All voxels as stored. NIfTI goes through nibabel: ITK's NIfTI reader silently turns NaN/inf into 0 and does
+    not notice a truncated .nii.gz, and we want to report both."""
+    try:
+        if path.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            return np.asanyarray(nib.load(path).dataobj)
+        return sitk.GetArrayFromImage(sitk.ReadImage(path))
+    except Exception as e:
+        problems.append(Problem(path, "cannot be read (truncated or corrupt?): " + _first_line(e)))
         return None
 
 
+def _geometry(reader: sitk.ImageFileReader) -> _Geometry:
+    return _Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
+                     tuple(reader.GetDirection()))
+
+
 def check_case(images: list[str], label: str | None, allowed_labels: set[int] | None) -> list[Problem]:
-    """Read one case and report every problem: unreadable files, multi-component files, NaN/inf voxels, geometry that
-    differs between channels or between image and label, label values not declared in ``dataset.json``."""
+    """Read one case and report every problem: unreadable or truncated files, multi-component files, NaN/inf voxels,
+    geometry that differs between channels or between image and label, label values not declared in
+    ``dataset.json``."""
     problems: list[Problem] = []
     reference: _Geometry | None = None
     for path in images:
-        img = _read(path, problems)
-        if img is None:
+        header = _read_header(path, problems)
+        if header is None:
             continue
-        if img.GetNumberOfComponentsPerPixel() != 1:
-            problems.append(Problem(path, f"has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
+        if header.GetNumberOfComponents() != 1:
+            problems.append(Problem(path, f"has {header.GetNumberOfComponents()} components per voxel; "
                                           "store each channel as its own CASE_XXXX file"))
             continue
-        if img.GetDimension() not in (2, 3):
-            problems.append(Problem(path, f"is {img.GetDimension()}-D; only 2-D and 3-D images are supported"))
+        if header.GetDimension() not in (2, 3):
+            problems.append(Problem(path, f"is {header.GetDimension()}-D; only 2-D and 3-D images are supported"))
             continue
-        arr = sitk.GetArrayViewFromImage(img)
+        arr = _read_voxels(path, problems)
+        if arr is None:
+            continue
         if np.issubdtype(arr.dtype, np.floating):
             n_bad = int(np.count_nonzero(~np.isfinite(arr)))
             if n_bad:
                 problems.append(Problem(path, f"contains {n_bad} NaN or infinite voxel(s)"))
-        geom = _Geometry.of(img)
+        geom = _geometry(header)
         if reference is None:
             reference = geom
         else:
@@ -356,16 +380,18 @@ def check_case(images: list[str], label: str | None, allowed_labels: set[int] | 
                 problems.append(Problem(path, f"geometry differs from channel 0 ({images[0]}): {d}"))
     if label is None:
         return problems
-    seg = _read(label, problems)
-    if seg is None:
+    header = _read_header(label, problems)
+    if header is None:
         return problems
-    if seg.GetNumberOfComponentsPerPixel() != 1:
+    if header.GetNumberOfComponents() != 1:
         problems.append(Problem(label, "label map must have one component per voxel"))
         return problems
     if reference is not None:
-        for d in reference.differences(_Geometry.of(seg)):
+        for d in reference.differences(_geometry(header)):
             problems.append(Problem(label, f"geometry differs from its image ({images[0]}): {d}"))
-    arr = sitk.GetArrayViewFromImage(seg)
+    arr = _read_voxels(label, problems)
+    if arr is None:
+        return problems
     if np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.isfinite(arr)):
             problems.append(Problem(label, "label map contains NaN or infinite values"))

@@ -1,0 +1,184 @@
+"""The CPS objective against a hand computation, gradient isolation between the two networks, and the schedules."""
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+from cps3d.training.losses import cps_loss_terms, pseudo_labels, split_batch
+from cps3d.training.schedules import PlateauSchedule, cps_lambda, poly_lr
+
+WEIGHTS = np.array([1.0, 0.5, 0.0])  # nnU-Net's deep-supervision weights (before normalisation): last scale unused
+WEIGHTS = WEIGHTS / WEIGHTS.sum()
+SMOOTH = 1e-5
+
+
+def nnunet_loss(batch_dice: bool = False):
+    """The loss nnU-Net's trainer builds: Dice (no background) + CE, wrapped for deep supervision."""
+    dc_ce = DC_and_CE_loss({"batch_dice": batch_dice, "smooth": SMOOTH, "do_bg": False, "ddp": False}, {},
+                           weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
+    return DeepSupervisionWrapper(dc_ce, WEIGHTS)
+
+
+def hand_dice_ce(logits: np.ndarray, target: np.ndarray, batch_dice: bool = False) -> float:
+    """Dice+CE written out in numpy: softmax, mean voxel cross-entropy, minus mean soft Dice over foreground classes."""
+    b, c = logits.shape[:2]
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    p = e / e.sum(1, keepdims=True)
+    t = target[:, 0].astype(int)
+    onehot = np.stack([(t == k) for k in range(c)], 1).astype(float)
+    ce = -np.mean(np.log(np.take_along_axis(p, t[:, None], 1)))
+    axes = tuple(range(2, logits.ndim))
+    inter = (p * onehot).sum(axes)[:, 1:]
+    denom = (p.sum(axes) + onehot.sum(axes))[:, 1:]
+    if batch_dice:
+        inter, denom = inter.sum(0), denom.sum(0)
+    dice = (2 * inter + SMOOTH) / (denom + SMOOTH)
+    return ce - dice.mean()
+
+
+def hand_ds(outputs: list[np.ndarray], targets: list[np.ndarray]) -> float:
+    return sum(w * hand_dice_ce(o, t) for w, o, t in zip(WEIGHTS, outputs, targets) if w != 0)
+
+
+def _random_outputs(rng, batch, classes=3, shapes=((4, 6, 6), (2, 3, 3), (1, 2, 2))):
+    return [torch.tensor(rng.normal(size=(batch, classes, *s)) * 2, dtype=torch.float64) for s in shapes]
+
+
+def test_cps_loss_equals_hand_computation_at_every_scale():
+    rng = np.random.default_rng(0)
+    o1l, o2l = _random_outputs(rng, 2), _random_outputs(rng, 2)
+    o1u, o2u = _random_outputs(rng, 3), _random_outputs(rng, 3)
+    y = [torch.tensor(rng.integers(0, 3, size=(2, 1, *o.shape[2:])), dtype=torch.float64) for o in o1l]
+    terms = cps_loss_terms(nnunet_loss(), o1l, o2l, y, o1u, o2u)
+
+    n = lambda ts: [t.numpy() for t in ts]  # noqa: E731
+    argmax = lambda ts: [t.numpy().argmax(1)[:, None] for t in ts]  # noqa: E731
+    expected = {
+        "sup_1": hand_ds(n(o1l), n(y)),
+        "sup_2": hand_ds(n(o2l), n(y)),
+        "cps_labeled_1": hand_ds(n(o1l), argmax(o2l)),   # network 1 learns from network 2's labels
+        "cps_labeled_2": hand_ds(n(o2l), argmax(o1l)),
+        "cps_unlabeled_1": hand_ds(n(o1u), argmax(o2u)),
+        "cps_unlabeled_2": hand_ds(n(o2u), argmax(o1u)),
+    }
+    for name, value in expected.items():
+        assert getattr(terms, name).item() == pytest.approx(value, rel=1e-6), name  # nnU-Net sums Dice terms in float32
+    lam = 0.3
+    total = expected["sup_1"] + expected["sup_2"] + lam * sum(v for k, v in expected.items() if k.startswith("cps"))
+    assert terms.total(lam).item() == pytest.approx(total, rel=1e-6)
+    l1, l2 = terms.network_losses(lam)
+    assert (l1 + l2).item() == pytest.approx(total, rel=1e-6)
+    assert l1.item() == pytest.approx(expected["sup_1"] + lam * (expected["cps_labeled_1"]
+                                                                  + expected["cps_unlabeled_1"]), rel=1e-6)
+
+
+def test_cps_loss_without_unlabeled_batch_has_only_labeled_terms():
+    rng = np.random.default_rng(1)
+    o1l, o2l = _random_outputs(rng, 2), _random_outputs(rng, 2)
+    y = [torch.zeros((2, 1, *o.shape[2:]), dtype=torch.float64) for o in o1l]
+    terms = cps_loss_terms(nnunet_loss(), o1l, o2l, y)
+    assert terms.cps_unlabeled_1 is None
+    assert terms.cps.item() == pytest.approx((terms.cps_labeled_1 + terms.cps_labeled_2).item())
+
+
+def test_pseudo_labels_are_argmax_per_scale_without_gradient():
+    logits = [torch.randn(2, 4, 5, 5, requires_grad=True), torch.randn(2, 4, 3, 3, requires_grad=True)]
+    labels = pseudo_labels(logits)
+    assert [tuple(t.shape) for t in labels] == [(2, 1, 5, 5), (2, 1, 3, 3)]
+    assert all(not t.requires_grad for t in labels)
+    assert torch.equal(labels[1][:, 0], logits[1].argmax(1))
+
+
+def test_split_batch_keeps_order_at_every_scale():
+    outs = [torch.arange(5.0).view(5, 1, 1), torch.arange(5.0).view(5, 1, 1) * 10]
+    first, rest = split_batch(outs, 2)
+    assert [t.flatten().tolist() for t in first] == [[0, 1], [0, 10]]
+    assert [t.flatten().tolist() for t in rest] == [[2, 3, 4], [20, 30, 40]]
+
+
+def _tiny_net(seed):
+    g = torch.Generator().manual_seed(seed)
+    net = torch.nn.Conv3d(1, 3, 3, padding=1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return net
+
+
+def test_cps_terms_send_gradient_only_to_the_network_being_supervised():
+    net1, net2 = _tiny_net(0), _tiny_net(1)
+    x_l, x_u = torch.randn(2, 1, 4, 6, 6), torch.randn(2, 1, 4, 6, 6)
+    y = torch.randint(0, 3, (2, 1, 4, 6, 6)).float()
+    loss = DC_and_CE_loss({"batch_dice": False, "smooth": SMOOTH, "do_bg": False, "ddp": False}, {},
+                          dice_class=MemoryEfficientSoftDiceLoss)
+    loss_fn = lambda o, t: loss(o[0], t[0])  # noqa: E731
+
+    def grads(term_name):
+        for p in (*net1.parameters(), *net2.parameters()):
+            p.grad = None
+        terms = cps_loss_terms(loss_fn, net1(x_l), net2(x_l), y, net1(x_u), net2(x_u))
+        getattr(terms, term_name).backward()
+        norm = lambda net: sum(0.0 if p.grad is None else p.grad.abs().sum().item() for p in net.parameters())  # noqa
+        return norm(net1), norm(net2)
+
+    for term in ("cps_labeled_1", "cps_unlabeled_1", "sup_1"):
+        g1, g2 = grads(term)
+        assert g1 > 0 and g2 == 0, term
+    for term in ("cps_labeled_2", "cps_unlabeled_2", "sup_2"):
+        g1, g2 = grads(term)
+        assert g1 == 0 and g2 > 0, term
+
+
+@pytest.mark.parametrize("epoch, expected", [(0, 0.0), (50, 0.25), (100, 0.5), (101, 0.5), (999, 0.5)])
+def test_lambda_ramps_linearly_then_stays(epoch, expected):
+    assert cps_lambda(epoch, lambda_max=0.5, ramp_epochs=100) == pytest.approx(expected)
+
+
+def test_lambda_edge_cases():
+    assert cps_lambda(0, 0.5, ramp_epochs=0) == 0.5  # no ramp: constant
+    assert cps_lambda(3, 1.0, ramp_epochs=4) == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        cps_lambda(-1)
+
+
+def test_poly_learning_rate():
+    assert poly_lr(0, 0.01, 1000) == pytest.approx(0.01)
+    assert poly_lr(500, 0.01, 1000) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(1000, 0.01, 1000) == 0.0
+
+
+def test_poly_schedule_in_trainer_matches_nnunet_formula():
+    from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = PolyLRScheduler(opt, 0.01, 100)
+    for epoch in (0, 10, 73):
+        sched.step(epoch)
+        assert opt.param_groups[0]["lr"] == pytest.approx(poly_lr(epoch, 0.01, 100))
+
+
+def test_plateau_schedule_reduces_after_patience_and_keeps_state():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = PlateauSchedule(opt, factor=0.2, patience=2, threshold=1e-3, ema_alpha=0.0)
+    for loss in (1.0, 0.5, 0.25):  # improving: no change
+        sched.step(loss)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    for _ in range(3):  # three epochs without improvement > patience 2
+        sched.step(0.25)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.002)
+    state = sched.state_dict()
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.002)
+    restored = PlateauSchedule(opt2, factor=0.2, patience=2, threshold=1e-3, ema_alpha=0.0)
+    restored.load_state_dict(state)
+    assert restored.scheduler.num_bad_epochs == sched.scheduler.num_bad_epochs
+    assert restored.loss_ema == sched.loss_ema
+
+
+def test_plateau_schedule_watches_a_moving_average():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = PlateauSchedule(opt, ema_alpha=0.9)
+    assert sched.step(1.0) == pytest.approx(1.0)
+    assert sched.step(0.0) == pytest.approx(0.9)
