@@ -6,7 +6,6 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from toy_data import write_toy_dataset
 
 from cps3d.cli import main
 from cps3d.dataset import (
@@ -16,6 +15,7 @@ from cps3d.dataset import (
     ensure_checked,
     find_dataset_name,
 )
+from toy_data import write_toy_dataset
 
 
 @pytest.fixture(scope="module")
