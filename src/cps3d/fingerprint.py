@@ -86,7 +86,7 @@ def analyze_case(case_id: str, image_files: list[str], label_file: str | None, r
     data, seg_cropped, _ = crop_to_nonzero(images, seg)
     out: dict = {"case": case_id, "labeled": label_file is not None}
     if label_file is not None:
-        out["shape_after_crop"] = tuple(int(i) for i in data.shape[1:])
+        out["shape_after_crop"] = [int(i) for i in data.shape[1:]]
         out["spacing"] = [float(i) for i in props["spacing"]]
         out["relative_size_after_cropping"] = float(np.prod(data.shape[1:]) / np.prod(images.shape[1:]))
     if config.intensity_stats == "foreground":

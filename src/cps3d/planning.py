@@ -15,6 +15,8 @@ after planning, rebuilding the topology with nnU-Net's own ``get_pool_and_conv_p
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from copy import deepcopy
@@ -189,9 +191,12 @@ def plan_experiment(raw_root: str | os.PathLike, preprocessed_root: str | os.Pat
     """
     from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
-    with nnunet_folders(raw=raw_root, preprocessed=preprocessed_root), planner_thread_count():
+    captured = io.StringIO()
+    with nnunet_folders(raw=raw_root, preprocessed=preprocessed_root), planner_thread_count(), \
+            contextlib.redirect_stdout(captured):  # nnU-Net prints every plan it considers
         planner, memory = _make_planner(config, dataset_name)
         planner.plan_experiment()
+    log.debug("nnU-Net planner output:\n%s", captured.getvalue())
     new = planner.plans
     recursive_fix_for_json_export(new)
     is_residual = "ResidualEncoderUNet" in next(iter(new["configurations"].values()))["architecture"]["network_class_name"]
