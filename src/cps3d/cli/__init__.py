@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = list(argv) if argv is not None else None  # for commands that re-launch themselves (train --num-gpus)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2

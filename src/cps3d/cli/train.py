@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from cps3d.cli import common
 
@@ -45,13 +46,52 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--continue", dest="continue_training", action="store_true",
                    help="resume from the fold's latest checkpoint (or extend a finished run to more --epochs)")
     p.add_argument("--overwrite", action="store_true", help="train again from scratch over a finished run")
+    p.add_argument("--num-gpus", type=int, default=1, metavar="N",
+                   help="train with N processes under PyTorch DDP on this machine (launches torchrun: one process "
+                   "per GPU with NCCL, or N CPU processes with gloo when --device cpu); for several machines run "
+                   "torchrun yourself (see the README)")
     p.add_argument("--num-workers", type=int, metavar="N",
                    help="data augmentation processes (sets nnUNet_n_proc_DA; 0 = in the main process)")
     common.add_no_progress(p)
     return p
 
 
+def _launch_torchrun(args: argparse.Namespace, argv: list[str]) -> int:
+    """Re-run this command under ``torchrun --standalone --nproc-per-node N`` and return its exit status."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.num_gpus}",
+           "-m", "cps3d", *argv]
+    print("Launching: " + " ".join(cmd), file=sys.stderr)
+    return subprocess.call(cmd)
+
+
+def _argv_without_num_gpus(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--num-gpus":
+            skip = True
+            continue
+        if a.startswith("--num-gpus="):
+            continue
+        out.append(a)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.num_gpus < 1:
+        raise common.CLIError(f"--num-gpus {args.num_gpus}: must be at least 1")
+    if args.num_gpus > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        if args.device != "cpu":
+            import torch
+
+            if torch.cuda.device_count() < args.num_gpus:
+                raise common.CLIError(f"--num-gpus {args.num_gpus}: only {torch.cuda.device_count()} CUDA device(s) "
+                                      "visible (use --device cpu for CPU processes with gloo)")
+        return _launch_torchrun(args, _argv_without_num_gpus(sys.argv[1:] if args._argv is None else args._argv))
     if args.num_workers is not None:
         if args.num_workers < 0:
             raise common.CLIError(f"--num-workers {args.num_workers}: must be >= 0")
@@ -75,5 +115,6 @@ def run(args: argparse.Namespace) -> int:
                         args.continue_training, args.overwrite, show_progress=not args.no_progress)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise common.CLIError(str(e)) from e
-    print(f"Model folder: {os.path.dirname(trainer.output_folder)}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"Model folder: {os.path.dirname(trainer.output_folder)}")
     return 0

@@ -106,4 +106,5 @@ def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root:
         import torch.distributed as dist
 
         dist.barrier()
+        dist.destroy_process_group()
     return trainer

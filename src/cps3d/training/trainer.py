@@ -448,7 +448,7 @@ class CPSTrainer(nnUNetTrainer):
         self.print_to_log_file(f"val_loss {log('val_losses', e):.4f}")
         self.print_to_log_file("Pseudo dice network 1", [round(float(i), 4) for i in log("dice_per_class_or_region", e)])
         if self.n_networks == 2:
-            self.print_to_log_file("Pseudo dice network 2", [np.round(i, 4) for i in log("dice_per_class_net2", e)])
+            self.print_to_log_file("Pseudo dice network 2", [round(float(i), 4) for i in log("dice_per_class_net2", e)])
             self.print_to_log_file("Pseudo dice average  ", [round(float(i), 4) for i in log("dice_per_class_avg", e)])
         self.print_to_log_file(f"Epoch time: {log('epoch_end_timestamps', e) - log('epoch_start_timestamps', e):.2f} s")
         if (e + 1) % self.save_every == 0 and e != self.num_epochs - 1:

@@ -1,0 +1,74 @@
+"""Worker for tests/test_ddp.py, started by torchrun (two gloo processes) or plainly (one process).
+
+    ddp_worker.py grad PREPROCESSED RESULTS OUT   one CPS loss + backward on a fixed global batch; dump gradients
+    ddp_worker.py train PREPROCESSED RESULTS OUT  one short CPS epoch via cps3d.training.run.train; dump parameters
+"""
+
+import os
+import sys
+
+os.environ.setdefault("nnUNet_n_proc_DA", "0")
+os.environ.setdefault("nnUNet_def_n_proc", "1")
+
+import torch  # noqa: E402
+
+from cps3d.files import read_json  # noqa: E402
+from cps3d.nnunet_env import nnunet_folders  # noqa: E402
+from cps3d.planning import load_plans  # noqa: E402
+from cps3d.training.config import TrainConfig  # noqa: E402
+from cps3d.training.run import maybe_init_distributed, train  # noqa: E402
+from cps3d.training.trainer import CPSTrainer, unwrap  # noqa: E402
+
+DATASET = "Dataset901_Toy"
+GLOBAL_BATCH = 4
+
+
+def fixed_batch(trainer):
+    g = torch.Generator().manual_seed(0)
+    shape = tuple(trainer.configuration_manager.patch_size)
+    x_l = torch.randn((GLOBAL_BATCH, 1, *shape), generator=g)
+    x_u = torch.randn((GLOBAL_BATCH, 1, *shape), generator=g)
+    target = [torch.randint(0, 3, (GLOBAL_BATCH, 1, *[round(s * p) for s, p in zip(sc, shape)]), generator=g).float()
+              for sc in trainer._get_deep_supervision_scales()]
+    return x_l, target, x_u
+
+
+def grad(pre, res, out):
+    distributed = maybe_init_distributed(torch.device("cpu"))
+    rank = torch.distributed.get_rank() if distributed else 0
+    world = torch.distributed.get_world_size() if distributed else 1
+    plans = load_plans(pre, DATASET)
+    plans["continue_training"] = False
+    with nnunet_folders(preprocessed=pre, results=res):
+        trainer = CPSTrainer(plans, "3d_fullres", 0, read_json(f"{pre}/{DATASET}/dataset.json"), torch.device("cpu"))
+    trainer.configure(TrainConfig(epochs=1, iters_per_epoch=1, val_iters=0, final_validation=False),
+                      show_progress=False)
+    trainer.initialize()
+    trainer.current_lambda = 0.5
+    x_l, target, x_u = fixed_batch(trainer)
+    share = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    losses = trainer.compute_losses(x_l[share], [t[share] for t in target], x_u[share])
+    losses["loss"].backward()
+    # the lowest deep-supervision head gets no gradient at all when its loss weight is exactly 0 (one process)
+    grads = [{n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in unwrap(net).named_parameters()}
+             for net in trainer.networks]
+    torch.save({"grads": grads, "world": world}, os.path.join(out, f"grad_world{world}_rank{rank}.pt"))
+    if distributed:
+        torch.distributed.destroy_process_group()
+
+
+def train_epoch(pre, res, out):
+    trainer = train(DATASET, pre, res, "3d_fullres", 0,
+                    TrainConfig(epochs=1, iters_per_epoch=3, val_iters=1, final_validation=False),
+                    device="cpu", show_progress=False)
+    rank = int(os.environ.get("RANK", "0"))
+    torch.save({"params": [unwrap(n).state_dict() for n in trainer.networks],
+                "batch_size": trainer.batch_size, "unlabeled_batch_size": trainer.unlabeled_batch_size,
+                "output_folder": trainer.output_folder},
+               os.path.join(out, f"train_rank{rank}.pt"))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    mode, pre, res, out = sys.argv[1:5]
+    {"grad": grad, "train": train_epoch}[mode](pre, res, out)

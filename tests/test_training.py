@@ -1,0 +1,164 @@
+"""The trainer: checkpoints hold and restore both networks and optimizers; resuming continues at the right epoch;
+a crash while saving keeps the previous checkpoint; the configuration is validated and saved with the run."""
+
+import json
+
+import pytest
+import torch
+
+from cps3d.files import read_json
+from cps3d.training.config import TrainConfig
+from cps3d.training.run import train
+from cps3d.training.trainer import unwrap
+
+QUICK = dict(iters_per_epoch=2, val_iters=1, final_validation=False)
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+
+
+def optimizer_buffers(opt) -> list[torch.Tensor]:
+    return [s["momentum_buffer"].clone() for s in opt.state_dict()["state"].values()]
+
+
+def make_trainer(project, results, config):
+    from cps3d.nnunet_env import nnunet_folders
+    from cps3d.planning import load_plans
+    from cps3d.training.trainer import TRAINERS
+
+    plans = load_plans(project.preprocessed_root, project.dataset_name)
+    plans["continue_training"] = False
+    dj = read_json(project.preprocessed_root / project.dataset_name / "dataset.json")
+    with nnunet_folders(preprocessed=project.preprocessed_root, results=results):
+        t = TRAINERS[config.mode](plans, "3d_fullres", 0, dj, torch.device("cpu"))
+    t.configure(config, show_progress=False)
+    return t
+
+
+def test_checkpoint_round_trip_restores_both_networks_and_optimizers(tiny_project, tmp_path):
+    fold = tiny_project.model_dir / "fold_0"
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    trainer = make_trainer(tiny_project, tmp_path, TrainConfig(epochs=3, **QUICK))
+    trainer.load_checkpoint(str(fold / "checkpoint_final.pth"))
+    nets = [unwrap(n) for n in trainer.networks]
+    assert state_equal(nets[0].state_dict(), ckpt["network_weights"])
+    assert state_equal(nets[1].state_dict(), ckpt["network_weights_2"])
+    assert not state_equal(nets[0].state_dict(), nets[1].state_dict())
+    for opt, key in zip(trainer.optimizers, ("optimizer_state", "optimizer_state_2")):
+        saved = [s["momentum_buffer"] for s in ckpt[key]["state"].values()]
+        assert len(saved) > 0 and all(torch.equal(a, b) for a, b in zip(optimizer_buffers(opt), saved))
+    assert trainer.current_epoch == 1  # one epoch was trained: the next one is epoch 1
+    assert trainer.logger.get_value("train_losses", None) == ckpt["logging"]["train_losses"]
+    assert [s.state_dict() for s in trainer.schedulers] == ckpt["lr_scheduler_states"]
+
+
+def test_supervised_trainer_refuses_a_cps_checkpoint(tiny_project, tmp_path):
+    trainer = make_trainer(tiny_project, tmp_path, TrainConfig(mode="supervised", epochs=3, **QUICK))
+    with pytest.raises(ValueError, match="cannot resume 'supervised' training from 'cps'"):
+        trainer.load_checkpoint(str(tiny_project.model_dir / "fold_0" / "checkpoint_final.pth"))
+
+
+def test_resume_continues_at_the_next_epoch_with_everything_restored(tiny_project, tmp_path):
+    config = TrainConfig(epochs=2, lambda_ramp_epochs=4, save_every=1, **QUICK)
+    first = train(tiny_project.dataset_name, tiny_project.preprocessed_root, tmp_path, "3d_fullres", 0, config,
+                  device="cpu", show_progress=False)
+    fold = first.output_folder
+    before = torch.load(f"{fold}/checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert before["current_epoch"] == 2 and len(before["logging"]["train_losses"]) == 2
+
+    with pytest.raises(FileExistsError, match="--continue"):
+        train(tiny_project.dataset_name, tiny_project.preprocessed_root, tmp_path, "3d_fullres", 0, config,
+              device="cpu", show_progress=False)
+
+    # kill-like resume from the last checkpoint: the resumed trainer starts from the saved state
+    resumed = make_trainer(tiny_project, tmp_path, TrainConfig(epochs=3, lambda_ramp_epochs=4, **QUICK))
+    resumed.load_checkpoint(f"{fold}/checkpoint_final.pth")
+    assert resumed.current_epoch == 2
+    assert state_equal(unwrap(resumed.networks[1]).state_dict(), before["network_weights_2"])
+
+    more = TrainConfig(epochs=3, lambda_ramp_epochs=4, save_every=1, **QUICK)
+    after_run = train(tiny_project.dataset_name, tiny_project.preprocessed_root, tmp_path, "3d_fullres", 0, more,
+                      device="cpu", continue_training=True, show_progress=False)
+    after = torch.load(f"{after_run.output_folder}/checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert after["current_epoch"] == 3
+    log = after["logging"]
+    assert log["train_losses"][:2] == before["logging"]["train_losses"]  # history kept, one epoch appended
+    assert len(log["train_losses"]) == len(log["lambda"]) == len(log["mean_fg_dice_avg"]) == 3
+    assert log["lambda"] == pytest.approx([0.0, 0.125, 0.25])  # ramp 0 -> 0.5 over 4 epochs, epoch 2 = 0.25
+    assert not state_equal(after["network_weights_2"], before["network_weights_2"])  # it trained on
+    config_json = json.loads((tmp_path / tiny_project.dataset_name / "CPSTrainer__cps3dPlans__3d_fullres" / "fold_0"
+                              / "cps3d_config.json").read_text())
+    assert config_json["train_config"]["epochs"] == 3 and config_json["train_config"]["lambda_max"] == 0.5
+    assert config_json["unlabeled_batch_size_per_process"] == 2
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(tiny_project, tmp_path, monkeypatch):
+    trainer = make_trainer(tiny_project, tmp_path, TrainConfig(epochs=2, **QUICK))
+    trainer.initialize()
+    path = tmp_path / "checkpoint_latest.pth"
+    trainer.save_checkpoint(str(path))
+    good = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint(str(path))
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left behind
+
+
+def test_networks_have_different_but_reproducible_initialisation(tiny_project, tmp_path):
+    a = make_trainer(tiny_project, tmp_path / "a", TrainConfig(epochs=1, **QUICK))
+    b = make_trainer(tiny_project, tmp_path / "b", TrainConfig(epochs=1, **QUICK))
+    a.initialize()
+    b.initialize()
+    sa = [unwrap(n).state_dict() for n in a.networks]
+    sb = [unwrap(n).state_dict() for n in b.networks]
+    assert state_equal(sa[0], sb[0]) and state_equal(sa[1], sb[1])
+    assert not state_equal(sa[0], sa[1])
+    assert a.optimizers[0] is not a.optimizers[1]
+    assert {id(p) for p in a.optimizers[0].param_groups[0]["params"]}.isdisjoint(
+        id(p) for p in a.optimizers[1].param_groups[0]["params"])
+
+
+def test_one_cps_step_updates_both_networks_and_reports_every_loss(tiny_project, tmp_path):
+    trainer = make_trainer(tiny_project, tmp_path, TrainConfig(epochs=1, **QUICK))
+    trainer.initialize()
+    trainer.current_lambda = 0.5
+    before = [{k: v.clone() for k, v in unwrap(n).state_dict().items()} for n in trainer.networks]
+    x_l = torch.randn(2, 1, 16, 32, 32)
+    from cps3d.training.trainer import _UnlabeledDataLoader  # noqa: F401  (the unlabeled stream's class exists)
+
+    scales = trainer._get_deep_supervision_scales()
+    target = [torch.randint(0, 3, (2, 1, *[round(s * p) for s, p in zip(sc, (16, 32, 32))])).float() for sc in scales]
+    x_u = torch.randn(2, 1, 16, 32, 32)
+
+    class _Stream:
+        def __next__(self):
+            return {"data": x_u}
+
+    trainer.dataloader_unlabeled = _Stream()
+    out = trainer.train_step({"data": x_l, "target": target})
+    assert set(out) == {"loss", "sup", "cps", "loss_1", "loss_2"}
+    assert out["loss"] == pytest.approx(out["sup"] + 0.5 * out["cps"], rel=1e-5)
+    assert out["loss"] == pytest.approx(out["loss_1"] + out["loss_2"], rel=1e-5)
+    for net, old in zip(trainer.networks, before):
+        assert not state_equal(unwrap(net).state_dict(), old)
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="mode='semi'"):
+        TrainConfig(mode="semi")
+    with pytest.raises(ValueError, match="lr_schedule='cosine'"):
+        TrainConfig(lr_schedule="cosine")
+    with pytest.raises(ValueError, match="epochs=0"):
+        TrainConfig(epochs=0)
+    assert TrainConfig(epochs=10).ramp_epochs == 5
+    assert TrainConfig.from_dict(TrainConfig(epochs=7).to_dict()) == TrainConfig(epochs=7)
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_dict({"epochz": 3})
