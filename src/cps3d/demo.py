@@ -158,14 +158,14 @@ class Demo:
     def _seconds_per_iteration(self, plans: dict) -> tuple[float, float]:
         """Measured seconds of one supervised and one CPS network step (forward, loss, backward, step) on random
         batches of the plan's shape; data loading comes on top and is accounted for by the caller."""
+        import shutil
+        import tempfile
+
         import torch
 
         from cps3d.nnunet_env import nnunet_folders
         from cps3d.training.config import TrainConfig
         from cps3d.training.trainer import TRAINERS
-
-        import shutil
-        import tempfile
 
         dj = read_json(self.pre / DATASET_NAME / "dataset.json")
         times = {}
