@@ -67,3 +67,22 @@ def preprocessed_root(args: argparse.Namespace, must_exist: bool = False) -> str
 def results_root(args: argparse.Namespace, must_exist: bool = False) -> str:
     return resolve_root(getattr(args, "results_root", None), "--results-root", "nnUNet_results",
                         must_exist=must_exist)
+
+
+def checked_dataset(args: argparse.Namespace):
+    """The raw dataset named by ``-d`` and the preprocessed root, after the integrity checks of ``cps3d check``
+    (skipped with ``--skip-check``; cached: an unchanged dataset that passed before is not read again).
+
+    Returns ``(dataset, raw_root, preprocessed_root)``; dataset problems become a CLIError listing them all.
+    """
+    from cps3d.dataset import DatasetError, RawDataset, ensure_checked
+
+    raw = raw_root(args)
+    pre = preprocessed_root(args)
+    try:
+        ds = RawDataset.from_root(raw, args.dataset)
+        if not args.skip_check:
+            ensure_checked(ds, os.path.join(pre, ds.name), args.num_processes, not args.no_progress)
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from e
+    return ds, raw, pre

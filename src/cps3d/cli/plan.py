@@ -60,12 +60,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cps3d.dataset import DatasetError, RawDataset, ensure_checked
     from cps3d.fingerprint import FingerprintConfig, ensure_fingerprint
     from cps3d.planning import PlanConfig, plan_experiment
 
-    raw = common.raw_root(args)
-    pre = common.preprocessed_root(args)
     try:
         fp_config = FingerprintConfig(intensity_stats=args.intensity_stats, body_threshold_hu=args.body_threshold,
                                       samples_total=args.fingerprint_samples, seed=args.seed)
@@ -76,12 +73,13 @@ def run(args: argparse.Namespace) -> int:
                                  n_stages=args.n_stages, base_features=args.base_features,
                                  max_features=args.max_features, batch_size=args.batch_size,
                                  unlabeled_batch_size=args.unlabeled_batch_size)
-        ds = RawDataset.from_root(raw, args.dataset)
-        if not args.skip_check:
-            ensure_checked(ds, f"{pre}/{ds.name}", args.num_processes, not args.no_progress)
+    except ValueError as e:
+        raise common.CLIError(str(e)) from e
+    ds, raw, pre = common.checked_dataset(args)
+    try:
         fp = ensure_fingerprint(ds, pre, fp_config, args.num_processes, not args.no_progress,
                                 overwrite=args.overwrite_fingerprint)
         plan_experiment(raw, pre, ds.name, plan_config, fingerprint_meta=fp.get("cps3d"))
-    except (DatasetError, FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:
         raise common.CLIError(str(e)) from e
     return 0

@@ -31,21 +31,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cps3d.dataset import DatasetError, RawDataset, ensure_checked
     from cps3d.planning import load_plans
     from cps3d.preprocessing import preprocess
 
-    raw = common.raw_root(args)
-    pre = common.preprocessed_root(args)
+    ds, _, pre = common.checked_dataset(args)
     try:
-        ds = RawDataset.from_root(raw, args.dataset)
-        if not args.skip_check:
-            ensure_checked(ds, f"{pre}/{ds.name}", args.num_processes, not args.no_progress)
         plans = load_plans(pre, ds.name, args.plans_name)
         for c in dict.fromkeys(args.configurations):
             s = preprocess(ds, pre, plans, c, args.num_processes, not args.no_progress, unlabeled=not args.no_unlabeled)
             print(f"{c}: {s.done} case(s) preprocessed, {s.skipped} already done -> {s.labeled_folder}"
                   + ("" if args.no_unlabeled else f" and {s.unlabeled_folder}"))
-    except (DatasetError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise common.CLIError(str(e)) from e
     return 0
