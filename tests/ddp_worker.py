@@ -1,6 +1,6 @@
 """Worker for tests/test_ddp.py, started by torchrun (two gloo processes) or plainly (one process).
 
-    ddp_worker.py grad PREPROCESSED RESULTS OUT   one CPS loss + backward on a fixed global batch; dump gradients
+    ddp_worker.py grad PREPROCESSED RESULTS OUT   the trainer's forward_backward on a fixed global batch; dump gradients
     ddp_worker.py train PREPROCESSED RESULTS OUT  one short CPS epoch via cps3d.training.run.train; dump parameters
 """
 
@@ -47,8 +47,7 @@ def grad(pre, res, out):
     trainer.current_lambda = 0.5
     x_l, target, x_u = fixed_batch(trainer)
     share = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
-    losses = trainer.compute_losses(x_l[share], [t[share] for t in target], x_u[share])
-    losses["loss"].backward()
+    trainer.forward_backward(x_l[share], [t[share] for t in target], x_u[share])  # the trainer's own two passes
     # the lowest deep-supervision head gets no gradient at all when its loss weight is exactly 0 (one process)
     grads = [{n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in unwrap(net).named_parameters()}
              for net in trainer.networks]

@@ -7,7 +7,7 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-from cps3d.training.losses import cps_loss_terms, pseudo_labels, split_batch
+from cps3d.training.losses import cps_loss_terms, cross_terms, pseudo_labels
 from cps3d.training.schedules import PlateauSchedule, cps_lambda, poly_lr
 
 WEIGHTS = np.array([1.0, 0.5, 0.0])  # nnU-Net's deep-supervision weights (before normalisation): last scale unused
@@ -84,19 +84,22 @@ def test_cps_loss_without_unlabeled_batch_has_only_labeled_terms():
     assert terms.cps.item() == pytest.approx((terms.cps_labeled_1 + terms.cps_labeled_2).item())
 
 
+def test_cross_terms_are_the_cps_terms_of_one_batch():
+    rng = np.random.default_rng(2)
+    o1, o2 = _random_outputs(rng, 2), _random_outputs(rng, 2)
+    y = [torch.zeros((2, 1, *o.shape[2:]), dtype=torch.float64) for o in o1]
+    terms = cps_loss_terms(nnunet_loss(), o1, o2, y, o1, o2)
+    c1, c2 = cross_terms(nnunet_loss(), o1, o2)
+    assert c1.item() == terms.cps_labeled_1.item() == terms.cps_unlabeled_1.item()
+    assert c2.item() == terms.cps_labeled_2.item()
+
+
 def test_pseudo_labels_are_argmax_per_scale_without_gradient():
     logits = [torch.randn(2, 4, 5, 5, requires_grad=True), torch.randn(2, 4, 3, 3, requires_grad=True)]
     labels = pseudo_labels(logits)
     assert [tuple(t.shape) for t in labels] == [(2, 1, 5, 5), (2, 1, 3, 3)]
     assert all(not t.requires_grad for t in labels)
     assert torch.equal(labels[1][:, 0], logits[1].argmax(1))
-
-
-def test_split_batch_keeps_order_at_every_scale():
-    outs = [torch.arange(5.0).view(5, 1, 1), torch.arange(5.0).view(5, 1, 1) * 10]
-    first, rest = split_batch(outs, 2)
-    assert [t.flatten().tolist() for t in first] == [[0, 1], [0, 10]]
-    assert [t.flatten().tolist() for t in rest] == [[2, 3, 4], [20, 30, 40]]
 
 
 def _tiny_net(seed):

@@ -151,6 +151,54 @@ def test_one_cps_step_updates_both_networks_and_reports_every_loss(tiny_project,
         assert not state_equal(unwrap(net).state_dict(), old)
 
 
+def test_two_pass_gradients_equal_the_one_pass_objective(tiny_project, tmp_path):
+    """forward_backward runs the labeled and the unlabeled batch in separate passes; the gradients must be those of
+    the whole objective L_sup + lambda * L_cps computed in one pass (the reference formulation, DESIGN section 4)."""
+    from cps3d.training.losses import cps_loss_terms
+
+    trainer = make_trainer(tiny_project, tmp_path, TrainConfig(epochs=1, **QUICK))
+    trainer.initialize()
+    trainer.current_lambda = 0.3
+    g = torch.Generator().manual_seed(0)
+    x_l, x_u = torch.randn(2, 1, 16, 32, 32, generator=g), torch.randn(2, 1, 16, 32, 32, generator=g)
+    shape = (16, 32, 32)
+    target = [torch.randint(0, 3, (2, 1, *[round(s * p) for s, p in zip(sc, shape)]), generator=g).float()
+              for sc in trainer._get_deep_supervision_scales()]
+    nets = [unwrap(n) for n in trainer.networks]
+
+    def grads():
+        out = [{n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None} for net in nets]
+        for net in nets:
+            net.zero_grad(set_to_none=True)
+        return out
+
+    losses = trainer.forward_backward(x_l, target, x_u)
+    two_pass = grads()
+    outs_l = [net(x_l) for net in nets]
+    outs_u = [net(x_u) for net in nets]
+    terms = cps_loss_terms(trainer._loss_on_lists, outs_l[0], outs_l[1], target, outs_u[0], outs_u[1])
+    total = terms.total(0.3)
+    total.backward()
+    one_pass = grads()
+    assert losses["loss"].item() == pytest.approx(total.item(), rel=1e-5)
+    assert losses["cps"].item() == pytest.approx(terms.cps.item(), rel=1e-5)
+    for a, b in zip(two_pass, one_pass):
+        assert a.keys() == b.keys() and len(a) > 0
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_lambda_zero_skips_unlabeled_gradients_but_logs_the_terms(tiny_project, tmp_path):
+    trainer = make_trainer(tiny_project, tmp_path, TrainConfig(epochs=1, **QUICK))
+    trainer.initialize()
+    trainer.current_lambda = 0.0
+    x = torch.randn(2, 1, 16, 32, 32)
+    target = [torch.zeros(2, 1, *[round(s * p) for s, p in zip(sc, (16, 32, 32))])
+              for sc in trainer._get_deep_supervision_scales()]
+    losses = trainer.forward_backward(x, target, torch.randn(2, 1, 16, 32, 32))
+    assert losses["cps"].item() > 0 and losses["loss"].item() == pytest.approx(losses["sup"].item())
+
+
 def test_train_config_validation():
     with pytest.raises(ValueError, match="mode='semi'"):
         TrainConfig(mode="semi")

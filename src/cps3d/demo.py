@@ -15,6 +15,7 @@ only what a changed setting affects):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -183,15 +184,12 @@ class Demo:
             x = torch.randn((t.batch_size, 1, *shape), device=t.device)
             target = [torch.randint(0, 14, (t.batch_size, 1, *[max(1, round(s * a)) for s, a in zip(sc, shape)]),
                                     device=t.device).float() for sc in t._get_deep_supervision_scales()]
-            x_u = torch.randn((t.unlabeled_batch_size, 1, *shape), device=t.device) if mode == "cps" else None
+            if mode == "cps":  # the unlabeled stream yields the same random batch
+                t.dataloader_unlabeled = itertools.repeat({"data": torch.randn((t.unlabeled_batch_size, 1, *shape))})
             samples = []
             for i in range(4):
                 start = time.perf_counter()
-                for opt in t.optimizers:
-                    opt.zero_grad(set_to_none=True)
-                with t._autocast():
-                    losses = t.compute_losses(x, target, x_u)
-                t._backward_and_step(losses["loss"])
+                t.train_step({"data": x, "target": target})
                 if t.device.type == "cuda":
                     torch.cuda.synchronize()
                 if i > 0:  # the first iteration warms up

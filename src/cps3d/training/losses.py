@@ -24,20 +24,14 @@ Outputs = Sequence[Tensor] | Tensor
 LossFn = Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor]
 
 
-def _as_list(x: Outputs) -> list[Tensor]:
+def as_list(x: Outputs) -> list[Tensor]:
     return [x] if isinstance(x, Tensor) else list(x)
 
 
 def pseudo_labels(outputs: Outputs) -> list[Tensor]:
     """Hard pseudo-labels ``(B, 1, *spatial)`` (int64) from logits at every scale, without gradient."""
     with torch.no_grad():
-        return [o.detach().argmax(1, keepdim=True) for o in _as_list(outputs)]
-
-
-def split_batch(outputs: Outputs, n_first: int) -> tuple[list[Tensor], list[Tensor]]:
-    """Split every scale's output along the batch axis into the first ``n_first`` samples and the rest."""
-    outs = _as_list(outputs)
-    return [o[:n_first] for o in outs], [o[n_first:] for o in outs]
+        return [o.detach().argmax(1, keepdim=True) for o in as_list(outputs)]
 
 
 @dataclass
@@ -72,18 +66,18 @@ class CPSLossTerms:
         return l1, l2
 
 
+def cross_terms(loss_fn: LossFn, out1: Outputs, out2: Outputs) -> tuple[Tensor, Tensor]:
+    """``(l(T1(x), argmax T2(x)), l(T2(x), argmax T1(x)))`` for one batch: each network learns from the other's
+    detached hard labels."""
+    o1, o2 = as_list(out1), as_list(out2)
+    return loss_fn(o1, pseudo_labels(o2)), loss_fn(o2, pseudo_labels(o1))
+
+
 def cps_loss_terms(loss_fn: LossFn, out1_l: Outputs, out2_l: Outputs, target_l: Outputs,
                    out1_u: Outputs | None = None, out2_u: Outputs | None = None) -> CPSLossTerms:
     """All terms of the CPS objective for one labeled (and optionally one unlabeled) batch."""
-    o1l, o2l, y = _as_list(out1_l), _as_list(out2_l), _as_list(target_l)
-    terms = CPSLossTerms(
-        sup_1=loss_fn(o1l, y),
-        sup_2=loss_fn(o2l, y),
-        cps_labeled_1=loss_fn(o1l, pseudo_labels(o2l)),
-        cps_labeled_2=loss_fn(o2l, pseudo_labels(o1l)),
-    )
+    o1l, o2l, y = as_list(out1_l), as_list(out2_l), as_list(target_l)
+    terms = CPSLossTerms(loss_fn(o1l, y), loss_fn(o2l, y), *cross_terms(loss_fn, o1l, o2l))
     if out1_u is not None and out2_u is not None:
-        o1u, o2u = _as_list(out1_u), _as_list(out2_u)
-        terms.cps_unlabeled_1 = loss_fn(o1u, pseudo_labels(o2u))
-        terms.cps_unlabeled_2 = loss_fn(o2u, pseudo_labels(o1u))
+        terms.cps_unlabeled_1, terms.cps_unlabeled_2 = cross_terms(loss_fn, out1_u, out2_u)
     return terms

@@ -15,6 +15,7 @@ with ``device_ids`` (we keep the given device so that gloo on CPU works).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -42,7 +43,7 @@ from cps3d import __version__
 from cps3d.files import atomic_path, write_json
 from cps3d.preprocessing import unlabeled_folder
 from cps3d.training.config import TrainConfig
-from cps3d.training.losses import cps_loss_terms, split_batch
+from cps3d.training.losses import as_list, cps_loss_terms, cross_terms
 from cps3d.training.progress import plot_progress
 from cps3d.training.schedules import PlateauSchedule, cps_lambda
 
@@ -221,18 +222,41 @@ class CPSTrainer(nnUNetTrainer):
             return autocast(self.device.type, enabled=True)
         return dummy_context()
 
-    def compute_losses(self, x_l: torch.Tensor, target: list[torch.Tensor], x_u: torch.Tensor | None) -> dict:
-        """Forward both networks on the labeled and unlabeled batch (concatenated: one pass per network) and return
-        ``{"loss", "sup", "cps", "loss_1", "loss_2"}`` for the current lambda (tensors with gradient)."""
-        n_l = x_l.shape[0]
-        x = torch.cat((x_l, x_u)) if x_u is not None else x_l
-        outs = [self.networks[k](x) for k in range(2)]
-        (o1l, o1u), (o2l, o2u) = (split_batch(o, n_l) for o in outs)
-        terms = cps_loss_terms(self._loss_on_lists, o1l, o2l, target,
-                               o1u if x_u is not None else None, o2u if x_u is not None else None)
-        l1, l2 = terms.network_losses(self.current_lambda)
-        return {"loss": terms.total(self.current_lambda), "sup": terms.supervised, "cps": terms.cps,
-                "loss_1": l1, "loss_2": l2}
+    def forward_backward(self, x_l: torch.Tensor, target: list[torch.Tensor], x_u: torch.Tensor | None) -> dict:
+        """Accumulate the gradients of the CPS objective for one labeled and one unlabeled batch; no optimizer step.
+
+        Two passes, each running both networks on one batch and calling backward: the labeled batch
+        (``L_sup + lambda * L_cps_labeled``), then the unlabeled one (``lambda * L_cps_unlabeled``). The gradients are
+        those of the whole objective (the terms only add up), but only one batch's activations are alive at a time,
+        and on a CPU two passes on B samples are cheaper than one on 2B. With lambda = 0 the unlabeled terms are only
+        evaluated for the log. Under DDP the first pass skips the gradient all-reduce (``no_sync``), so gradients are
+        averaged across processes once per iteration. Returns the detached losses: ``loss`` (the objective),
+        ``sup``, ``cps`` (unweighted), ``loss_1``, ``loss_2`` (each network's share).
+        """
+        lam = self.current_lambda
+        unlabeled_backward = x_u is not None and lam > 0
+        with contextlib.ExitStack() as stack:
+            if self.is_ddp and unlabeled_backward:
+                for net in self.networks:
+                    stack.enter_context(net.no_sync())
+            with self._autocast():
+                outs = [as_list(net(x_l)) for net in self.networks]
+                t = cps_loss_terms(self._loss_on_lists, outs[0], outs[1], target)
+                loss_l = t.supervised + lam * t.cps
+            self._backward(loss_l)
+        del outs
+        if x_u is not None:
+            with self._autocast(), torch.set_grad_enabled(unlabeled_backward):
+                t.cps_unlabeled_1, t.cps_unlabeled_2 = cross_terms(self._loss_on_lists,
+                                                                   *[as_list(net(x_u)) for net in self.networks])
+            if unlabeled_backward:
+                self._backward(lam * (t.cps_unlabeled_1 + t.cps_unlabeled_2))
+        l1, l2 = t.network_losses(lam)
+        return {k: v.detach() for k, v in {"loss": t.total(lam), "sup": t.supervised, "cps": t.cps, "loss_1": l1,
+                                           "loss_2": l2}.items()}
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
 
     def train_step(self, batch: dict) -> dict:
         x_l = batch["data"].to(self.device, non_blocking=True)
@@ -243,26 +267,24 @@ class CPSTrainer(nnUNetTrainer):
             x_u = next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        with self._autocast():
-            losses = self.compute_losses(x_l, target, x_u)
-        self._backward_and_step(losses["loss"])
-        return {k: v.detach().cpu().numpy() for k, v in losses.items()}
+        losses = self.forward_backward(x_l, target, x_u)
+        self._clip_and_step()
+        return {k: v.cpu().numpy() for k, v in losses.items()}
 
-    def _backward_and_step(self, loss: torch.Tensor) -> None:
+    def _clip_and_step(self) -> None:
+        """Clip each network's gradient norm and step its optimizer (through the AMP scaler on CUDA)."""
         clip = self.train_config.grad_clip
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            for net, opt in zip(self.networks, self.optimizers):
+        for net, opt in zip(self.networks, self.optimizers):
+            if self.grad_scaler is not None:
                 self.grad_scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-            for opt in self.optimizers:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        for opt in self.optimizers:
+            if self.grad_scaler is not None:
                 self.grad_scaler.step(opt)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            for net, opt in zip(self.networks, self.optimizers):
-                torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+            else:
                 opt.step()
+        if self.grad_scaler is not None:
+            self.grad_scaler.update()
 
     def on_train_epoch_start(self) -> None:
         for net in self.networks:
@@ -533,10 +555,11 @@ class SupervisedTrainer(CPSTrainer):
 
     mode = "supervised"
 
-    def compute_losses(self, x_l: torch.Tensor, target: list[torch.Tensor], x_u: torch.Tensor | None) -> dict:
-        out = self.networks[0](x_l)
-        loss = self._loss_on_lists(list(out) if isinstance(out, (list, tuple)) else [out], target)
-        return {"loss": loss, "sup": loss}
+    def forward_backward(self, x_l: torch.Tensor, target: list[torch.Tensor], x_u: torch.Tensor | None) -> dict:
+        with self._autocast():
+            loss = self._loss_on_lists(as_list(self.networks[0](x_l)), target)
+        self._backward(loss)
+        return {"loss": loss.detach(), "sup": loss.detach()}
 
 
 TRAINERS = {"cps": CPSTrainer, "supervised": SupervisedTrainer}

@@ -1,0 +1,39 @@
+"""Atomic writes: the previous file survives a failure, no temporary file is left, and permissions follow the umask."""
+
+import os
+import stat
+
+import pytest
+
+from cps3d.files import atomic_path, read_json, write_json
+
+
+def test_write_json_round_trip_and_permissions(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "sub" / "a.json"
+    write_json(path, {"x": np.float32(1.5), "n": np.int64(3), "arr": np.arange(2), "t": (1, 2)})
+    assert read_json(path) == {"x": 1.5, "n": 3, "arr": [0, 1], "t": [1, 2]}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "b.json"
+    write_json(path, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            with open(tmp, "w") as f:
+                f.write("{half")
+            raise RuntimeError("crash")
+    assert read_json(path) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["b.json"]
+
+
+def test_read_json_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        read_json(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="bad.json: not valid JSON"):
+        read_json(tmp_path / "bad.json")
