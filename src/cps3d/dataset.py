@@ -82,7 +82,7 @@ def find_dataset_name(dataset: str | int, roots: list[str]) -> str:
     if not text.isdigit():
         raise ValueError(f"dataset {text!r}: give a numeric id (7) or a name like Dataset007_Abdomen")
     prefix = f"Dataset{int(text):03d}_"
-    names = set()
+    names: set[str] = set()
     for root in roots:
         if root and os.path.isdir(root):
             names.update(d for d in os.listdir(root) if d.startswith(prefix) and os.path.isdir(os.path.join(root, d)))

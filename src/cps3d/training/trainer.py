@@ -19,7 +19,9 @@ import contextlib
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from time import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +55,7 @@ _CPS_LOG_KEYS = ("train_sup_losses", "train_cps_losses", "train_losses_net1", "t
 _SUPERVISED_LOG_KEYS = ("train_sup_losses", "lambda")
 
 
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+def unwrap(module: torch.nn.Module) -> Any:
     """The plain network inside DDP and torch.compile wrappers."""
     if isinstance(module, DDP):
         module = module.module
@@ -77,19 +79,25 @@ class CPSTrainer(nnUNetTrainer):
     is unchanged), then call ``configure(TrainConfig(...))`` before training.
     """
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+    # attributes set by nnU-Net's base class, typed here for the type checker
+    was_initialized: bool
+    current_epoch: int
+    _best_ema: float | None
+    inference_allowed_mirroring_axes: tuple[int, ...] | None
+
+    def __init__(self, plans: dict, configuration: str, fold: int | str, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.is_ddp:
             # the base class sets cuda:rank; keep a CPU device for gloo and use the node-local rank on CUDA
-            local = int(os.environ.get("LOCAL_RANK", self.local_rank))
+            local = int(os.environ.get("LOCAL_RANK", str(self.local_rank)))
             self.device = torch.device("cuda", local) if device.type == "cuda" else device
             self.grad_scaler = torch.GradScaler("cuda") if self.device.type == "cuda" else None
         self.train_config = TrainConfig(mode=self.mode)
-        self.networks: list[torch.nn.Module] = []
+        self.networks: list[Any] = []  # nn.Modules, wrapped in DDP / torch.compile where used
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list = []
-        self.dataloader_unlabeled = None
+        self.dataloader_unlabeled: Any = None
         self.unlabeled_batch_size = 0
         self.current_lambda = 0.0
         self.show_progress = True
@@ -172,7 +180,7 @@ class CPSTrainer(nnUNetTrainer):
         for net in self.networks:
             unwrap(net).decoder.deep_supervision = enabled
 
-    def _loss_on_lists(self, outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+    def _loss_on_lists(self, outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
         if self.enable_deep_supervision:
             return self.loss(outputs, targets)
         return self.loss(outputs[0], targets[0])
@@ -307,7 +315,7 @@ class CPSTrainer(nnUNetTrainer):
 
     def _mean_over_ranks(self, values: np.ndarray) -> float:
         if self.is_ddp:
-            gathered = [None] * dist.get_world_size()
+            gathered: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, values)
             values = np.concatenate([np.atleast_1d(g) for g in gathered])
         return float(np.mean(values))
@@ -381,7 +389,7 @@ class CPSTrainer(nnUNetTrainer):
         if self.is_ddp:
             parts = []
             for arr in (tp, fp, fn):
-                gathered = [None] * dist.get_world_size()
+                gathered: list[Any] = [None] * dist.get_world_size()
                 dist.all_gather_object(gathered, arr)
                 parts.append(np.sum(gathered, 0))
             tp, fp, fn = parts
