@@ -265,14 +265,14 @@ def _apply_tolerances(targets: Sequence[Target], tolerances: Mapping[str, float]
             by_key[str(t.values[0])] = i
     out = list(targets)
     for key, mm in tolerances.items():
-        i = by_key.get(str(key), by_key.get(_norm_name(str(key))))
-        if i is None:
+        found = by_key.get(str(key), by_key.get(_norm_name(str(key))))
+        if found is None:
             valid = sorted({t.name for t in targets} | {str(t.values[0]) for t in targets if len(t.values) == 1})
             hint = difflib.get_close_matches(str(key), valid, n=1)
             raise ValueError(f"tolerance given for {key!r}, which is not a label of {where}; valid: {valid}"
                              + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-        t = out[i]
-        out[i] = Target(t.name, t.values, float(mm), t.slice_range, t.flare)
+        t = out[found]
+        out[found] = Target(t.name, t.values, float(mm), t.slice_range, t.flare)
     return out
 
 
@@ -569,9 +569,11 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike,
     """
     file_ending = ".nii.gz"
     if dataset_json is not None:
-        is_path = isinstance(dataset_json, (str, os.PathLike))
-        dj = read_json(dataset_json) if is_path else dataset_json
-        where = str(dataset_json) if is_path else "dataset.json"
+        dj: Mapping[str, Any]
+        if isinstance(dataset_json, (str, os.PathLike)):
+            dj, where = read_json(dataset_json), str(dataset_json)
+        else:
+            dj, where = dataset_json, "dataset.json"
         targets = _targets(dj, where, default_tolerance_mm, tolerances)
         file_ending = dj.get("file_ending", ".nii.gz")
         if not isinstance(file_ending, str):

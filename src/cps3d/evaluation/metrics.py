@@ -37,6 +37,7 @@ import functools
 import itertools
 import logging
 from collections.abc import Sequence
+from typing import overload
 
 import numpy as np
 from scipy import ndimage
@@ -213,6 +214,10 @@ def label_bounding_boxes(label_map: np.ndarray, max_label: int | None = None) ->
             for b in boxes]
 
 
+@overload
+def union_box(first: Box, /, *boxes: Box | None) -> Box: ...
+@overload
+def union_box(*boxes: Box | None) -> Box | None: ...
 def union_box(*boxes: Box | None) -> Box | None:
     """Smallest box containing all given boxes (None entries are skipped; None if all are None)."""
     present = [b for b in boxes if b is not None]
@@ -227,7 +232,7 @@ def _mask_box(mask: np.ndarray) -> Box | None:
     if mask.ndim == 1:
         idx = np.flatnonzero(mask)
         return (slice(int(idx[0]), int(idx[-1]) + 1),) if idx.size else None
-    head = mask.any(axis=0)  # one full pass gives the projection on the other axes
+    head = np.asarray(mask.any(axis=0))  # one full pass gives the projection on the other axes
     sub = _mask_box(head)
     if sub is None:
         return None

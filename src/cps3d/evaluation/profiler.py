@@ -41,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ def _read_meminfo_used_mb() -> float | None:
 class _ProcTree:
     """CPU time and resident memory of a process and its descendants, from /proc/<pid>/stat."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self.seen: dict[tuple[int, int], float] = {}  # (pid, start time) -> last CPU seconds seen
@@ -147,7 +147,7 @@ class _ProcTree:
 class _PsutilMeters:
     """Fallback for systems without /proc (macOS, Windows) when psutil is installed."""
 
-    def __init__(self, psutil: Any):
+    def __init__(self, psutil: Any) -> None:
         self.psutil = psutil
         self.seen: dict[tuple[int, float], float] = {}
 
@@ -185,7 +185,7 @@ class _Gpu:
     def __init__(self, indices: Sequence[int] | None = None, enabled: bool = True):
         self.source = NO_GPU
         self.names: list[str] = []
-        self._read = None
+        self._read: Callable[[], float] | None = None
         if not enabled:
             return
         if self._try_nvml(indices) or self._try_torch(indices):

@@ -101,11 +101,11 @@ def parse_forced_spacing(text: str | None) -> ForcedSpacing | None:
     parts = [p.strip() for p in value.split(",")]
     if len(parts) == 3:
         try:
-            numbers = [float(p) for p in parts]
+            sx, sy, sz = (float(p) for p in parts)
         except ValueError:
-            numbers = None
-        if numbers is not None:
-            return ForcedSpacing(*numbers)
+            pass
+        else:
+            return ForcedSpacing(sx, sy, sz)
     choices = ["off", *PRESETS]
     close = difflib.get_close_matches(value, choices, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""

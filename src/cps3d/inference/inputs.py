@@ -98,7 +98,11 @@ def list_cases(inputs: Sequence[str | os.PathLike], endings: Sequence[str], num_
             raise FileNotFoundError(f"{path}: input not found")
         if path.is_dir():
             names = sorted(n for n in os.listdir(path) if not n.startswith("."))
-            files = [path / n for n in names if (path / n).is_file() and strip_ending(n, endings) is not None]
+            files: list[tuple[Path, str]] = []  # (image file, its name without the ending)
+            for n in names:
+                stem = strip_ending(n, endings)
+                if stem is not None and (path / n).is_file():
+                    files.append((path / n, stem))
             if not files:
                 found = _dicom_cases(path)
                 if not found:
@@ -107,14 +111,14 @@ def list_cases(inputs: Sequence[str | os.PathLike], endings: Sequence[str], num_
                 dicom.extend(found)
                 continue
         else:
-            if strip_ending(path.name, endings) is None:
+            stem = strip_ending(path.name, endings)
+            if stem is None:
                 problems.append(InputProblem(str(path), f"not a readable scan type (expected an ending in "
                                              f"{', '.join(endings)}, or a DICOM series folder)"))
                 continue
-            files = [path]
-        for f in files:
-            stem = strip_ending(f.name, endings)
-            m = _CHANNEL.fullmatch(stem or "")
+            files = [(path, stem)]
+        for f, stem in files:
+            m = _CHANNEL.fullmatch(stem)
             if m is not None and (num_channels > 1 or int(m.group(2)) == 0):
                 channel_files.setdefault(m.group(1), {}).setdefault(int(m.group(2)), []).append(str(f))
             elif num_channels == 1:
@@ -151,8 +155,8 @@ def list_cases(inputs: Sequence[str | os.PathLike], endings: Sequence[str], num_
             continue
         add(Case(case_id, tuple(channels[c][0] for c in range(num_channels))))
     for case_id, fs in plain.items():
-        for f in fs:
-            add(Case(case_id, (f,)))
+        for file in fs:
+            add(Case(case_id, (file,)))
     for case in dicom:
         if num_channels != 1:
             problems.append(InputProblem(case.folder or "", f"the model has {num_channels} input channels; a DICOM "

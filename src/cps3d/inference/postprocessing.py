@@ -162,6 +162,8 @@ class Postprocessing:
             remove_all_but_largest_component_from_segmentation as nnunet_largest,
         )
 
+        if self.nnunet_file is None:  # __post_init__ refuses this; only object.__setattr__ could get here
+            raise ValueError("postprocessing mode 'nnunet' needs nnunet_file (the model's postprocessing.pkl)")
         fns, kwargs = load_nnunet_postprocessing(self.nnunet_file)
         for fn, kw in zip(fns, kwargs):
             # nnU-Net's own function is quadratic in the number of components (module docstring): same rule, linear

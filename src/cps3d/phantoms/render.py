@@ -236,10 +236,10 @@ def _tube_depth(t: Tube, frame: _Frame, box: tuple[slice, slice, slice], floor: 
     grow = 1 + sum(abs(w.amp) for w in t.waves)
     for a, b, ra, rb in zip(pts[:-1], pts[1:], radii[:-1], radii[1:]):
         reach = max(ra, rb) * grow / sq.min()
-        sub = frame.box(np.minimum(a, b) - reach, np.maximum(a, b) + reach)
-        if sub is None:
+        reached = frame.box(np.minimum(a, b) - reach, np.maximum(a, b) + reach)
+        if reached is None:
             continue
-        sub = tuple(slice(max(s.start, bx.start), min(s.stop, bx.stop)) for s, bx in zip(sub, box))
+        sub = tuple(slice(max(s.start, bx.start), min(s.stop, bx.stop)) for s, bx in zip(reached, box))
         if any(s.stop <= s.start for s in sub):
             continue
         x, y = frame.xy(sub[1], sub[2])
@@ -276,13 +276,13 @@ def _structure_box(s: Structure, frame: _Frame, floor: float) -> tuple[slice, sl
 
 def _structure_depth(s: Structure, frame: _Frame, box: tuple[slice, slice, slice], floor: float) -> np.ndarray:
     depth: np.ndarray | None = None
-    x = y = z = None
+    xyz: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # patient coordinates of the box, when first needed
     for shape in s.shapes:
         if isinstance(shape, Blob):
-            if x is None:
+            if xyz is None:
                 x, y = frame.xy(box[1], box[2])
-                z = frame.z(box[0])
-            d = _blob_depth(shape, x, y, z, floor)
+                xyz = (x, y, frame.z(box[0]))
+            d = _blob_depth(shape, *xyz, floor)
         else:
             d = _tube_depth(shape, frame, box, floor)
         depth = d if depth is None else np.maximum(depth, d)
