@@ -93,6 +93,18 @@ def test_resume_continues_at_the_next_epoch_with_everything_restored(tiny_projec
     assert config_json["unlabeled_batch_size_per_process"] == 2
 
 
+def test_time_limit_stops_after_the_epoch_and_writes_the_final_checkpoint(tiny_project, tmp_path):
+    config = TrainConfig(epochs=5, max_minutes=1e-4, **QUICK)  # 6 ms: up as soon as the first epoch ends
+    trainer = train(tiny_project.dataset_name, tiny_project.preprocessed_root, tmp_path, "3d_fullres", 0, config,
+                    device="cpu", show_progress=False)
+    ckpt = torch.load(f"{trainer.output_folder}/checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["current_epoch"] == 1 and len(ckpt["logging"]["train_losses"]) == 1
+    log = next(__import__("pathlib").Path(trainer.output_folder).glob("training_log_*.txt")).read_text()
+    assert "Time limit of 0.0001 minutes reached: stopping after 1 epoch(s) instead of 5" in log
+    with pytest.raises(ValueError, match="max_minutes=0"):
+        TrainConfig(max_minutes=0)
+
+
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(tiny_project, tmp_path, monkeypatch):
     trainer = make_trainer(tiny_project, tmp_path, TrainConfig(epochs=2, **QUICK))
     trainer.initialize()

@@ -39,6 +39,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345,
                    help="network 1 is initialised with SEED, network 2 with SEED+1 (default: 12345)")
     p.add_argument("--save-every", type=int, default=1, help="write checkpoint_latest.pth every N epochs (default: 1)")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="stop after the epoch in which M minutes of training have passed (final checkpoint as if "
+                   "--epochs had been reached; --continue goes on from there)")
     p.add_argument("--no-final-validation", action="store_true",
                    help="skip predicting the validation fold at the end")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
@@ -109,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
                              val_iters=args.val_iters, lambda_max=args.lambda_max,
                              lambda_ramp_epochs=args.lambda_ramp_epochs, lr_schedule=args.lr_schedule,
                              initial_lr=args.initial_lr, seed=args.seed, save_every=args.save_every,
-                             final_validation=not args.no_final_validation, amp=not args.no_amp)
+                             final_validation=not args.no_final_validation, amp=not args.no_amp,
+                             max_minutes=args.max_minutes)
         name = find_dataset_name(args.dataset, [pre])
         trainer = train(name, pre, res, args.configuration, args.fold, config, args.plans_name, args.device,
                         args.continue_training, args.overwrite, show_progress=not args.no_progress)

@@ -24,6 +24,8 @@ class TrainConfig:
     save_every: write ``checkpoint_latest.pth`` every this many epochs (a killed run resumes from it).
     final_validation: predict the validation fold with network 1 at the end, as nnU-Net does.
     amp: mixed precision (CUDA only; ignored on CPU).
+    max_minutes: stop after the epoch in which this much training time (minutes, this run) has passed, as if
+        ``epochs`` had been reached there (final checkpoint, final validation); None: no time limit.
     """
 
     mode: str = "cps"
@@ -46,6 +48,7 @@ class TrainConfig:
     save_every: int = 1
     final_validation: bool = True
     amp: bool = True
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -61,6 +64,8 @@ class TrainConfig:
             raise ValueError(f"lambda_max={self.lambda_max}: must be >= 0")
         if self.lambda_ramp_epochs is not None and self.lambda_ramp_epochs < 0:
             raise ValueError(f"lambda_ramp_epochs={self.lambda_ramp_epochs}: must be >= 0")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes={self.max_minutes}: must be positive (or None for no limit)")
         if self.initial_lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1 or self.grad_clip <= 0:
             raise ValueError("initial_lr > 0, weight_decay >= 0, 0 <= momentum < 1 and grad_clip > 0 are required")
 

@@ -450,10 +450,26 @@ class CPSTrainer(nnUNetTrainer):
                 "host": platform.node(),
             })
 
+    def _time_is_up(self, started: float) -> bool:
+        """Whether ``max_minutes`` has passed (rank 0 decides for every process, so that all stop together)."""
+        limit = self.train_config.max_minutes
+        if limit is None:
+            return False
+        decision = [time() - started >= 60 * limit]
+        if self.is_ddp:
+            dist.broadcast_object_list(decision, src=0)
+        return bool(decision[0])
+
     def run_training(self) -> None:
         self.on_train_start()
         show = self.show_progress and self.local_rank == 0
+        started, first = time(), self.current_epoch
         for epoch in range(self.current_epoch, self.num_epochs):
+            if epoch > first and self._time_is_up(started):
+                self.print_to_log_file(f"Time limit of {self.train_config.max_minutes:g} minutes reached: stopping "
+                                       f"after {epoch} epoch(s) instead of {self.num_epochs}")
+                self.num_epochs = epoch
+                break
             self.on_epoch_start()
             self.on_train_epoch_start()
             outputs = []
