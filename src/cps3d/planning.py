@@ -158,9 +158,14 @@ def apply_topology_overrides(plan: dict, patch_size: tuple[int, ...] | None, n_s
     max_numpool = (n_stages - 1) if n_stages is not None else 999999
     _, pool, conv, new_patch, _ = get_pool_and_conv_props(spacing, patch, min_edge, max_numpool)
     stages = len(pool)
-    if n_stages is not None and stages != n_stages:
+    if n_stages is not None and stages < n_stages:
         raise ValueError(f"a patch of {patch} voxels at spacing {spacing} allows at most {stages} stages "
                          f"(feature maps of at least {min_edge} voxels), not n_stages={n_stages}: enlarge the patch")
+    if n_stages is not None and stages > n_stages:
+        # anisotropic spacing: axes start pooling at different stages, so n-1 poolings per axis can take more steps
+        raise ValueError(f"a patch of {patch} voxels at spacing {spacing} needs {stages} stages to pool each axis up "
+                         f"to {n_stages - 1} times (anisotropic spacing), not n_stages={n_stages}: give "
+                         f"n_stages={stages} or leave it out")
     if patch_size is not None and tuple(new_patch) != tuple(patch_size):
         log.warning("patch size %s rounded up to %s so that every pooling divides it", list(patch_size), list(new_patch))
     arch = plan["architecture"]["arch_kwargs"]
