@@ -141,9 +141,14 @@ class Demo:
         from cps3d.preprocessing import preprocess
 
         fp = ensure_fingerprint(ds, self.pre, FingerprintConfig("global"), self.c.num_processes, self.c.progress)
-        # the network and patch scale with the budget; nnU-Net's plan gives the aspect ratio and spacing
-        max_voxels = int(np.clip(16000 * self.c.minutes, 2 ** 15, 2 ** 19))
-        base = PlanConfig(configurations=("3d_fullres",), base_features=8, max_features=64, batch_size=2)
+        # the network and patch scale with the budget and the device; nnU-Net's plan gives aspect ratio and spacing.
+        # On a CPU a step must take well under a second for the networks to learn anything in minutes.
+        if self.device == "cpu":
+            max_voxels = int(np.clip(4000 * self.c.minutes, 2 ** 15, 2 ** 18))
+            base = PlanConfig(configurations=("3d_fullres",), base_features=8, max_features=32, batch_size=2)
+        else:
+            max_voxels = int(np.clip(64000 * self.c.minutes, 2 ** 17, 2 ** 21))
+            base = PlanConfig(configurations=("3d_fullres",), base_features=16, max_features=128, batch_size=2)
         settings = {"plan": asdict(base), "max_voxels": max_voxels, "fingerprint": fp["cps3d"]["content_key"]}
         if not self.state.done("plan", settings):
             planned = plan_experiment(self.raw, self.pre, ds.name, base, fp["cps3d"])
@@ -219,9 +224,10 @@ class Demo:
             cps_minutes = 0.45 * self.c.minutes
             overhead = 1.5 if self.device == "cpu" else 1.2  # data loading and validation on top of the step
             expected = max(4, int(60 * cps_minutes / (overhead * t_cps)))
-            iters_per_epoch = max(2, min(50, expected // 8))
+            iters_per_epoch = int(np.clip(expected // 10, 10, 50))
             epochs = max(2, expected // iters_per_epoch)
-            schedule = {"max_epochs": 4 * epochs, "expected_epochs": epochs, "iters_per_epoch": iters_per_epoch,
+            # the clock stops CPS; the epoch cap only guards against a wildly wrong measurement
+            schedule = {"max_epochs": 100 * epochs, "expected_epochs": epochs, "iters_per_epoch": iters_per_epoch,
                         "val_iters": 2, "cps_minutes": cps_minutes, "lambda_ramp_epochs": max(1, epochs // 2),
                         "seconds_per_iteration": {"supervised": t_sup, "cps": t_cps}}
             self.state.record("schedule", settings_key, schedule=schedule)
@@ -377,6 +383,9 @@ The same axial slices of two test scans: image, reference, baseline, CPS and CPS
         return path
 
     def run(self) -> Path:
+        if self.device == "cpu":
+            # augmentation in the training process: background workers only compete for the same few cores
+            os.environ.setdefault("nnUNet_n_proc_DA", "0")
         ds = self.data()
         plans = self.plan_and_preprocess(ds)
         models = self.train(plans)
