@@ -25,6 +25,19 @@ NOISE_NOTE = ("Machine shared with other jobs: absolute timings are noisy; the r
               "measurements) are the figures to compare.")
 
 
+def proc_status_mb(field: str = "VmRSS") -> float | None:
+    """A memory figure of this process from ``/proc/self/status`` in MB (``VmRSS``: now; ``VmHWM``: peak since the
+    last reset), None where /proc is absent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def median(values: Sequence[float]) -> float:
     """Median of ``values``; NaN for an empty sequence."""
     return float(statistics.median(values)) if len(values) else math.nan

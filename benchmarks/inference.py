@@ -79,6 +79,7 @@ from common import (  # noqa: E402
     markdown_table,
     median,
     prepare_phantom_dataset,
+    proc_status_mb,
     ratio,
     run_worker,
     save_json,
@@ -370,17 +371,6 @@ def _trained_small_model(args: argparse.Namespace) -> tuple[Path, tuple, dict]:
 
 
 # ------------------------------------------------------------------------------------------------------ worker
-def _rss_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def _profile_summary(profiler, top: int = 12) -> dict:
     """Cumulative seconds of the pipeline's phases (by the functions nnU-Net and cps3d run them in) and the
     functions with the most own time, from a cProfile run."""
@@ -434,7 +424,7 @@ def worker(spec: dict) -> dict:
 
     nnUNetPredictor._internal_get_sliding_window_slicers = recording_slicers  # type: ignore[method-assign]
     folds = tuple(spec["folds"])
-    rss_before = _rss_mb()
+    rss_before = proc_status_mb()
     if cuda:
         torch.cuda.init()
         torch.cuda.reset_peak_memory_stats(device)

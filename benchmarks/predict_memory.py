@@ -35,7 +35,17 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, fmt, machine_info, machine_line, markdown_table, median, run_worker, save_json
+from common import (  # noqa: E402
+    REPO,
+    fmt,
+    machine_info,
+    machine_line,
+    markdown_table,
+    median,
+    proc_status_mb,
+    run_worker,
+    save_json,
+)
 
 SETTINGS = {
     # name: (forced spacing, save probabilities, export mode, post-processing)
@@ -117,18 +127,6 @@ def ensure_scan(work_dir: Path, shape_xyz: tuple[int, int, int], spacing: tuple[
     return path
 
 
-def _hwm_mb() -> float | None:
-    """Peak resident memory of this process since the last reset (VmHWM, MB), None without /proc."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def _reset_hwm() -> None:
     """Reset VmHWM to the current RSS (Linux >= 4.0), so that the next phase's peak is its own."""
     try:
@@ -136,17 +134,6 @@ def _reset_hwm() -> None:
             f.write("5")
     except OSError:
         pass
-
-
-def _rss_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def worker(spec: dict) -> dict:
@@ -166,11 +153,11 @@ def worker(spec: dict) -> dict:
     model = load_model(spec["model_dir"])
     out = Path(spec["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    rss_start = _rss_mb()
+    rss_start = proc_status_mb()
     phases: dict[str, dict] = {}
 
     def phase(name: str, t0: float, rss0: float | None) -> None:
-        phases[name] = {"s": time.perf_counter() - t0, "peak_mb": _hwm_mb(), "start_mb": rss0}
+        phases[name] = {"s": time.perf_counter() - t0, "peak_mb": proc_status_mb("VmHWM"), "start_mb": rss0}
         _reset_hwm()
 
     if spec["variant"].startswith(EXPORT_ONLY):
@@ -189,7 +176,7 @@ def worker(spec: dict) -> dict:
                         Postprocessing("none"))
         del logits, prepared
         _reset_hwm()
-        t0, rss0 = time.perf_counter(), _rss_mb()
+        t0, rss0 = time.perf_counter(), proc_status_mb()
         export_case(job)
         del job
         phase("export+write", t0, rss0)
@@ -216,19 +203,19 @@ def worker(spec: dict) -> dict:
                                num_processes=1, progress=False)
         predictor = make_predictor(model, config)
         _reset_hwm()
-        t0, rss0 = time.perf_counter(), _rss_mb()
+        t0, rss0 = time.perf_counter(), proc_status_mb()
         case = Case("big", (spec["scan"],))
         prepared = prepare_case(case, model.plans, model.configuration, model.dataset_json, config.forced_spacing)
         network_shape = prepared["info"]["network_shape"]
         phase("read+preprocess", t0, rss0)
-        t0, rss0 = time.perf_counter(), _rss_mb()
+        t0, rss0 = time.perf_counter(), proc_status_mb()
         logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(prepared.pop("data")))
         job = ExportJob("big", logits.cpu().numpy(), prepared["properties"], model.plans, model.configuration,
                         model.dataset_json, str(out), model.dataset_json["file_ending"], "plans", save_probabilities,
                         export_mode, Postprocessing.for_model(model.model_dir, postprocess))
         del logits, prepared
         phase("network", t0, rss0)
-        t0, rss0 = time.perf_counter(), _rss_mb()
+        t0, rss0 = time.perf_counter(), proc_status_mb()
         export_case(job)
         del job
         phase("export+write", t0, rss0)

@@ -11,7 +11,7 @@ DOCUMENTED = {
              "--skip-check", "-c"],
     "preprocess": ["-d", "-c", "-np", "--skip-check", "--no-unlabeled"],
     "train": ["-d", "-c", "-f", "--mode", "--epochs", "--iters-per-epoch", "--val-iters", "--lambda-max",
-              "--lambda-ramp-epochs", "--lr-schedule", "--device", "--continue", "--num-gpus", "--results-root"],
+              "--lambda-ramp-epochs", "--lambda-start-epoch", "--lr-schedule", "--device", "--continue", "--num-gpus", "--results-root"],
     "predict": ["-i", "-o", "-m", "-f", "--branch", "--step-size", "--tta", "--no-tta", "--forced-spacing",
                 "--protocol", "--postprocess", "--no-postprocess", "--save-probabilities", "--part-id",
                 "--num-parts", "-np", "--overwrite", "--profile", "--device"],

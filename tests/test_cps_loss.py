@@ -140,11 +140,21 @@ def test_lambda_ramps_linearly_then_stays(epoch, expected):
     assert cps_lambda(epoch, lambda_max=0.5, ramp_epochs=100) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("epoch, expected", [(0, 0.0), (9, 0.0), (10, 0.0), (15, 0.125), (20, 0.25), (30, 0.5),
+                                             (40, 0.5)])
+def test_lambda_warm_up_holds_zero_then_shifts_the_ramp(epoch, expected):
+    assert cps_lambda(epoch, lambda_max=0.5, ramp_epochs=20, start_epoch=10) == pytest.approx(expected)
+
+
 def test_lambda_edge_cases():
     assert cps_lambda(0, 0.5, ramp_epochs=0) == 0.5  # no ramp: constant
     assert cps_lambda(3, 1.0, ramp_epochs=4) == pytest.approx(0.75)
+    assert cps_lambda(4, 0.5, ramp_epochs=0, start_epoch=5) == 0.0  # no ramp, warm-up: a step at the start epoch
+    assert cps_lambda(5, 0.5, ramp_epochs=0, start_epoch=5) == 0.5
     with pytest.raises(ValueError):
         cps_lambda(-1)
+    with pytest.raises(ValueError):
+        cps_lambda(3, start_epoch=-1)
 
 
 def test_poly_learning_rate():

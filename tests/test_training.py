@@ -2,13 +2,15 @@
 a crash while saving keeps the previous checkpoint; the configuration is validated and saved with the run."""
 
 import json
+import os
+import shutil
 
 import pytest
 import torch
 
 from cps3d.files import read_json
 from cps3d.training.config import TrainConfig
-from cps3d.training.run import train
+from cps3d.training.run import resume_checkpoint, train
 from cps3d.training.trainer import unwrap
 
 QUICK = dict(iters_per_epoch=2, val_iters=1, final_validation=False)
@@ -222,3 +224,45 @@ def test_train_config_validation():
     assert TrainConfig.from_dict(TrainConfig(epochs=7).to_dict()) == TrainConfig(epochs=7)
     with pytest.raises(ValueError, match="unknown training option"):
         TrainConfig.from_dict({"epochz": 3})
+
+
+def test_lambda_warm_up_reaches_the_trainer(tiny_project, tmp_path):
+    config = TrainConfig(epochs=8, lambda_ramp_epochs=2, lambda_start_epoch=3, **QUICK)
+    trainer = make_trainer(tiny_project, tmp_path, config)
+    trainer.load_checkpoint(str(tiny_project.model_dir / "fold_0" / "checkpoint_final.pth"))
+    seen = []
+    for epoch in range(6):
+        trainer.current_epoch = epoch
+        trainer.on_train_epoch_start()
+        seen.append(trainer.current_lambda)
+    assert seen == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.25, 0.5])
+    with pytest.raises(ValueError, match="lambda_start_epoch"):
+        TrainConfig(lambda_start_epoch=-1)
+
+
+def test_resume_takes_the_newer_of_final_and_latest(tiny_project, tmp_path):
+    """A finished run extended with --continue and killed midway holds an old checkpoint_final and a newer
+    checkpoint_latest: resuming must go on from the latest (nnU-Net's final-first order would lose the extension)."""
+    model_dir = tmp_path / tiny_project.dataset_name / tiny_project.model_dir.name
+    shutil.copytree(tiny_project.model_dir, model_dir)
+    fold = model_dir / "fold_0"
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 1
+    extended = dict(final, current_epoch=2)  # the state after one more epoch of the extension
+    torch.save(extended, fold / "checkpoint_latest.pth")
+    old = (fold / "checkpoint_final.pth").stat().st_mtime_ns
+    os.utime(fold / "checkpoint_final.pth", ns=(old - 10**9, old - 10**9))
+    os.utime(fold / "checkpoint_latest.pth", ns=(old, old))
+    assert resume_checkpoint(fold) == fold / "checkpoint_latest.pth"
+
+    trainer = train(tiny_project.dataset_name, tiny_project.preprocessed_root, tmp_path, "3d_fullres", 0,
+                    TrainConfig(epochs=2, **QUICK), device="cpu", continue_training=True, show_progress=False)
+    assert trainer.current_epoch == 2  # resumed at epoch 2 = finished: nothing retrained
+    assert torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["current_epoch"] == 1
+
+    os.utime(fold / "checkpoint_latest.pth", ns=(old - 2 * 10**9, old - 2 * 10**9))  # final newer: final wins
+    assert resume_checkpoint(fold) == fold / "checkpoint_final.pth"
+    for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
+        (fold / name).unlink()
+    assert resume_checkpoint(fold) == (fold / "checkpoint_best.pth" if (fold / "checkpoint_best.pth").is_file()
+                                       else None)

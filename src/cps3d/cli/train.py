@@ -33,6 +33,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--lambda-max", type=float, default=0.5, help="final CPS weight (default: 0.5)")
     p.add_argument("--lambda-ramp-epochs", type=int, metavar="N",
                    help="epochs over which lambda rises from 0 to --lambda-max (default: half of --epochs)")
+    p.add_argument("--lambda-start-epoch", type=int, default=0, metavar="N",
+                   help="hold lambda at 0 for the first N epochs, then ramp (default: 0, the paper's; a warm-up for "
+                        "short runs, where the cross terms can otherwise teach both networks to predict background)")
     p.add_argument("--lr-schedule", choices=("plateau", "poly"), default="plateau",
                    help="ReduceLROnPlateau on the training loss (the paper's) or nnU-Net's poly decay (default: plateau)")
     p.add_argument("--initial-lr", type=float, default=0.01, help="default: 0.01")
@@ -110,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = TrainConfig(mode=args.mode, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
                              val_iters=args.val_iters, lambda_max=args.lambda_max,
-                             lambda_ramp_epochs=args.lambda_ramp_epochs, lr_schedule=args.lr_schedule,
+                             lambda_ramp_epochs=args.lambda_ramp_epochs,
+                             lambda_start_epoch=args.lambda_start_epoch, lr_schedule=args.lr_schedule,
                              initial_lr=args.initial_lr, seed=args.seed, save_every=args.save_every,
                              final_validation=not args.no_final_validation, amp=not args.no_amp,
                              max_minutes=args.max_minutes)

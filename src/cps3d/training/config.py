@@ -15,7 +15,8 @@ class TrainConfig:
     mode: ``cps`` (two networks, labeled + unlabeled batches) or ``supervised`` (one network, the paper's baseline).
     epochs, iters_per_epoch, val_iters: nnU-Net's 1000 x 250 with 50 validation iterations by default.
     lambda_max, lambda_ramp_epochs: CPS weight rises linearly from 0 to ``lambda_max`` over ``lambda_ramp_epochs``
-        epochs (None = half of ``epochs``), then stays.
+        epochs (None = half of ``epochs``), then stays. lambda_start_epoch: lambda is 0 for this many epochs before the
+        ramp begins (0, the paper's, by default; a warm-up for short runs).
     lr_schedule: ``plateau`` (the paper's ReduceLROnPlateau on the training loss) or ``poly`` (nnU-Net's, the authors'
         code). plateau_*: its factor, patience (epochs), absolute threshold, and the EMA of the training loss it watches.
     initial_lr, weight_decay, momentum, grad_clip: SGD with Nesterov momentum; gradient-norm clipping per network.
@@ -34,6 +35,7 @@ class TrainConfig:
     val_iters: int = 50
     lambda_max: float = 0.5
     lambda_ramp_epochs: int | None = None
+    lambda_start_epoch: int = 0
     lr_schedule: str = "plateau"
     initial_lr: float = 0.01
     weight_decay: float = 3e-5
@@ -64,6 +66,8 @@ class TrainConfig:
             raise ValueError(f"lambda_max={self.lambda_max}: must be >= 0")
         if self.lambda_ramp_epochs is not None and self.lambda_ramp_epochs < 0:
             raise ValueError(f"lambda_ramp_epochs={self.lambda_ramp_epochs}: must be >= 0")
+        if self.lambda_start_epoch < 0:
+            raise ValueError(f"lambda_start_epoch={self.lambda_start_epoch}: must be >= 0")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes={self.max_minutes}: must be positive (or None for no limit)")
         if self.initial_lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1 or self.grad_clip <= 0:

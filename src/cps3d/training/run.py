@@ -16,7 +16,22 @@ from cps3d.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_IN_RESUME_ORDER = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+
+def resume_checkpoint(fold_folder: str | os.PathLike) -> Path | None:
+    """The checkpoint ``--continue`` resumes from: the newer of ``checkpoint_final.pth`` and
+    ``checkpoint_latest.pth``, else ``checkpoint_best.pth``, else None.
+
+    nnU-Net prefers the final checkpoint whenever it exists; but a finished run extended to more epochs and killed
+    midway has an old final checkpoint and a newer latest one, and resuming from the final one would throw the
+    extension away. Checkpoints are written atomically, so the newer file is the later state.
+    """
+    folder = Path(fold_folder)
+    candidates = [folder / c for c in ("checkpoint_final.pth", "checkpoint_latest.pth") if (folder / c).is_file()]
+    if candidates:
+        return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+    best = folder / "checkpoint_best.pth"
+    return best if best.is_file() else None
 
 
 def default_device() -> torch.device:
@@ -85,11 +100,11 @@ def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root:
         trainer = TRAINERS[config.mode](plans, configuration, fold, dataset_json, device)
         trainer.configure(config, show_progress=show_progress)
         out = Path(trainer.output_folder)
-        existing = [out / c for c in CHECKPOINTS_IN_RESUME_ORDER if (out / c).is_file()]
         if continue_training:
-            if existing:
-                log.info("Resuming from %s", existing[0])
-                trainer.load_checkpoint(str(existing[0]))
+            checkpoint = resume_checkpoint(out)
+            if checkpoint is not None:
+                log.info("Resuming from %s", checkpoint)
+                trainer.load_checkpoint(str(checkpoint))
             else:
                 log.warning("--continue: no checkpoint in %s; starting a new training", out)
         elif (out / "checkpoint_final.pth").is_file() and not overwrite:

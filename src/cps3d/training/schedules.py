@@ -2,7 +2,10 @@
 
 Epochs count from 0. ``cps_lambda`` rises linearly from 0 at epoch 0 to ``lambda_max`` at epoch ``ramp_epochs`` and
 stays there (the paper: 0 -> 0.5 over the first half of training). The authors' code used (epoch + 1) / 500 * 0.5; we
-start at exactly 0 so that the first epoch is purely supervised, as the paper's "from 0" says.
+start at exactly 0 so that the first epoch is purely supervised, as the paper's "from 0" says. ``start_epoch`` (not in
+the paper, 0 by default) holds lambda at 0 for that many epochs first and shifts the ramp: on a short budget the
+networks must predict the organs before their pseudo-labels are worth learning from, or the cross terms teach both of
+them that everything is background.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 
-def cps_lambda(epoch: int, lambda_max: float = 0.5, ramp_epochs: int = 500) -> float:
-    """Weight of the CPS loss at ``epoch``: ``lambda_max * min(1, epoch / ramp_epochs)``; constant if ramp is 0."""
-    if epoch < 0:
-        raise ValueError(f"epoch={epoch}: must be >= 0")
+def cps_lambda(epoch: int, lambda_max: float = 0.5, ramp_epochs: int = 500, start_epoch: int = 0) -> float:
+    """Weight of the CPS loss at ``epoch``: 0 before ``start_epoch``, then
+    ``lambda_max * min(1, (epoch - start_epoch) / ramp_epochs)``; ``lambda_max`` from ``start_epoch`` on if ramp is 0."""
+    if epoch < 0 or start_epoch < 0:
+        raise ValueError(f"epoch={epoch}, start_epoch={start_epoch}: must be >= 0")
+    if epoch < start_epoch:
+        return 0.0
     if ramp_epochs <= 0:
         return float(lambda_max)
-    return float(lambda_max) * min(1.0, epoch / ramp_epochs)
+    return float(lambda_max) * min(1.0, (epoch - start_epoch) / ramp_epochs)
 
 
 def poly_lr(epoch: int, initial_lr: float, max_epochs: int, exponent: float = 0.9) -> float:

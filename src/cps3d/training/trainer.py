@@ -301,7 +301,7 @@ class CPSTrainer(nnUNetTrainer):
         if cfg.lr_schedule == "poly":
             for sched in self.schedulers:
                 sched.step(self.current_epoch)
-        self.current_lambda = cps_lambda(self.current_epoch, cfg.lambda_max, cfg.ramp_epochs) \
+        self.current_lambda = cps_lambda(self.current_epoch, cfg.lambda_max, cfg.ramp_epochs, cfg.lambda_start_epoch) \
             if self.n_networks == 2 else 0.0
         self.print_to_log_file("")
         self.print_to_log_file(f"Epoch {self.current_epoch}")
