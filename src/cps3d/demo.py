@@ -214,9 +214,10 @@ class Demo:
         CPS's time: one network, one batch). Measurements are unreliable on a busy machine; the clock is not.
 
         Lambda stays 0 for the first 65 % of the expected epochs, and for at least ``WARM_UP_ITERATIONS`` unless that
-        is more than 80 % (``lambda_start_epoch``), then ramps to 0.5 over 15 %. The paper's ramp from epoch 0 assumes hundreds of thousands of iterations; in a few hundred, cross terms
-        switched on before both networks segment an organ teach them both that everything is background (measured on
-        the default demo: all-zero CPS predictions while the baseline found the liver).
+        is more than 80 % (``lambda_start_epoch``), then ramps to 0.5 over 15 %. The paper's ramp from epoch 0 assumes
+        hundreds of thousands of iterations; in a few hundred, cross terms switched on before both networks segment an
+        organ teach them both that everything is background (measured on the default demo: all-zero CPS predictions
+        while the baseline found the liver).
         """
         import torch
 
@@ -237,7 +238,8 @@ class Demo:
             iters_per_epoch = int(np.clip(expected // 10, 10, 50))
             epochs = max(2, expected // iters_per_epoch)
             # lambda-free warm-up: 65 % of the epochs, at least WARM_UP_ITERATIONS, at most 80 % (so CPS is CPS)
-            warm_up = min(max(round(0.65 * epochs), math.ceil(WARM_UP_ITERATIONS / iters_per_epoch)), round(0.8 * epochs))
+            warm_up = min(max(round(0.65 * epochs), math.ceil(WARM_UP_ITERATIONS / iters_per_epoch)),
+                          round(0.8 * epochs))
             # the clock stops CPS; the epoch cap only guards against a wildly wrong measurement
             schedule = {"max_epochs": 100 * epochs, "expected_epochs": epochs, "iters_per_epoch": iters_per_epoch,
                         "val_iters": 2, "cps_minutes": cps_minutes, "lambda_start_epoch": warm_up,
