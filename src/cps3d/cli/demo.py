@@ -12,7 +12,7 @@ COMMAND = "demo"
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         COMMAND,
-        help="run everything end to end on synthetic phantoms (about 15 minutes on 2 CPU cores)",
+        help="run everything end to end on synthetic phantoms (within 15 minutes on 2 CPU cores by default)",
         description="Generate synthetic abdominal CT phantoms (a few labeled, many unlabeled, a labeled test set), "
         "check, fingerprint, plan and preprocess them, train the supervised baseline and CPS for the same number of "
         "iterations, predict the test scans (step 0.7, no TTA; CPS also with the paper's forced spacing) under the "
