@@ -38,6 +38,29 @@ RUNS = ("Baseline", "CPS", "CPS + forced spacing")
 WARM_UP_ITERATIONS = 600
 
 
+def training_schedule(minutes: float, device: str, t_sup: float, t_cps: float) -> dict:
+    """The demo's CPS schedule for a budget of ``minutes`` and measured seconds per iteration (supervised, CPS).
+
+    CPS gets 55 % of the budget; the epochs expected in it size the epochs (10-50 iterations each) and the lambda
+    schedule: 0 for the first 65 % of the epochs, and for at least ``WARM_UP_ITERATIONS``, but short enough that
+    lambda reaches 0.5 by the last expected epoch (so that the run is CPS at all); then up to 0.5 over 15 %. The clock stops the training; the epoch
+    cap only guards against a wildly wrong measurement.
+    """
+    cps_minutes = 0.55 * minutes
+    # data loading and validation on top of the step (measured on 2 CPU cores: the default demo ran 1.0-1.3x the step
+    # time per iteration)
+    overhead = 1.15 if device == "cpu" else 1.2
+    expected = max(4, int(60 * cps_minutes / (overhead * t_cps)))
+    iters_per_epoch = int(np.clip(expected // 10, 10, 50))
+    epochs = max(2, expected // iters_per_epoch)
+    ramp = max(1, round(0.15 * epochs))
+    warm_up = min(max(round(0.65 * epochs), math.ceil(WARM_UP_ITERATIONS / iters_per_epoch)), epochs - 1 - ramp)
+    return {"max_epochs": 100 * epochs, "expected_epochs": epochs, "iters_per_epoch": iters_per_epoch,
+            "val_iters": 2, "cps_minutes": cps_minutes, "lambda_start_epoch": max(0, warm_up),
+            "lambda_ramp_epochs": ramp,
+            "seconds_per_iteration": {"supervised": t_sup, "cps": t_cps}}
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """The demo's settings. ``minutes`` is the wall-clock budget of the whole run (2 CPU cores by default); the
@@ -213,8 +236,7 @@ class Demo:
         55 % of the budget (``max_minutes``), and the baseline then trains the epochs CPS completed (about a quarter of
         CPS's time: one network, one batch). Measurements are unreliable on a busy machine; the clock is not.
 
-        Lambda stays 0 for the first 65 % of the expected epochs, and for at least ``WARM_UP_ITERATIONS`` unless that
-        is more than 80 % (``lambda_start_epoch``), then ramps to 0.5 over 15 %. The paper's ramp from epoch 0 assumes
+        Lambda stays 0 for a warm-up (``training_schedule``), then ramps to 0.5. The paper's ramp from epoch 0 assumes
         hundreds of thousands of iterations; in a few hundred, cross terms switched on before both networks segment an
         organ teach them both that everything is background (measured on the default demo: all-zero CPS predictions
         while the baseline found the liver).
@@ -230,21 +252,7 @@ class Demo:
             schedule = self.state.info("schedule")["schedule"]
         else:
             t_sup, t_cps = self._seconds_per_iteration(plans)
-            cps_minutes = 0.55 * self.c.minutes
-            # data loading and validation on top of the step (measured on 2 CPU cores: the default demo ran 1.0-1.3x
-            # the step time per iteration)
-            overhead = 1.15 if self.device == "cpu" else 1.2
-            expected = max(4, int(60 * cps_minutes / (overhead * t_cps)))
-            iters_per_epoch = int(np.clip(expected // 10, 10, 50))
-            epochs = max(2, expected // iters_per_epoch)
-            # lambda-free warm-up: 65 % of the epochs, at least WARM_UP_ITERATIONS, at most 80 % (so CPS is CPS)
-            warm_up = min(max(round(0.65 * epochs), math.ceil(WARM_UP_ITERATIONS / iters_per_epoch)),
-                          round(0.8 * epochs))
-            # the clock stops CPS; the epoch cap only guards against a wildly wrong measurement
-            schedule = {"max_epochs": 100 * epochs, "expected_epochs": epochs, "iters_per_epoch": iters_per_epoch,
-                        "val_iters": 2, "cps_minutes": cps_minutes, "lambda_start_epoch": warm_up,
-                        "lambda_ramp_epochs": max(1, round(0.15 * epochs)),
-                        "seconds_per_iteration": {"supervised": t_sup, "cps": t_cps}}
+            schedule = training_schedule(self.c.minutes, self.device, t_sup, t_cps)
             self.state.record("schedule", settings_key, schedule=schedule)
         log.info("Training schedule: CPS for %.1f minutes (about %d epochs x %d iterations expected from a measured "
                  "step of %.2f s; %.2f s supervised; lambda 0 for %d epochs, then up to 0.5 over %d), then the "
