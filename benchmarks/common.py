@@ -38,6 +38,14 @@ def proc_status_mb(field: str = "VmRSS") -> float | None:
     return None
 
 
+def publish(result: dict, text: str, json_path: str | os.PathLike | None) -> None:
+    """Print a benchmark's Markdown report and keep it, with the raw results, in ``json_path`` (if given)."""
+    result["markdown"] = text
+    print(text)
+    if json_path:
+        save_json(json_path, result)
+
+
 def median(values: Sequence[float]) -> float:
     """Median of ``values``; NaN for an empty sequence."""
     return float(statistics.median(values)) if len(values) else math.nan

@@ -80,6 +80,7 @@ from common import (  # noqa: E402
     median,
     prepare_phantom_dataset,
     proc_status_mb,
+    publish,
     ratio,
     run_worker,
     save_json,
@@ -902,12 +903,8 @@ def main(argv: list[str] | None = None) -> int:
             r["profile"] = profiled[(r["case"], r["variant"])]
     runs[:] = timed
     result = save(False, {"dsc": dsc, "total_s": time.perf_counter() - t_bench, "prepare_s": prepare_s})
-    text = report(result)
-    result["markdown"] = text
     result["complete"] = True
-    if args.json:
-        save_json(args.json, result)
-    print(text)
+    publish(result, report(result), args.json)
     return 0
 
 

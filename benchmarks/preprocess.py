@@ -36,8 +36,8 @@ from common import (  # noqa: E402
     markdown_table,
     median,
     prepare_phantom_dataset,
+    publish,
     ratio,
-    save_json,
 )
 
 CONFIGURATION = "3d_fullres"
@@ -208,11 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["spacing"] = [round(x, 2) for x in plan["spacing"]]
         result = {"benchmark": "preprocess", "machine": info, "settings": settings, "plan": plan, "runs": runs,
                   "check": check, "shapes": shapes}
-        text = report(result)
-        result["markdown"] = text
-        print(text)
-        if args.json:
-            save_json(args.json, result)
+        publish(result, report(result), args.json)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work_dir, ignore_errors=True)

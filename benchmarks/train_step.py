@@ -50,6 +50,7 @@ from common import (  # noqa: E402
     markdown_table,
     median,
     prepare_phantom_dataset,
+    publish,
     ratio,
     run_worker,
     save_json,
@@ -515,11 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{res['peak_growth_mb']:.0f} MB ({time.perf_counter() - t1:.0f} s)", file=sys.stderr)
         result = {"benchmark": "train_step", "complete": True, "machine": info, "settings": _settings(args, plan),
                   "loaders": loaders, "runs": runs}
-        text = report(result)
-        result["markdown"] = text
-        print(text)
-        if args.json:
-            save_json(args.json, result)
+        publish(result, report(result), args.json)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
