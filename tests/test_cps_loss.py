@@ -7,7 +7,16 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-from cps3d.training.losses import cps_loss_terms, cross_terms, pseudo_labels
+from cps3d.training.losses import (
+    confidence_masks,
+    cps_loss_terms,
+    cross_terms,
+    masked_cross_entropy,
+    paper_cross_fn,
+    pseudo_label_cross_entropy,
+    pseudo_label_stats,
+    pseudo_labels,
+)
 from cps3d.training.schedules import PlateauSchedule, cps_lambda, poly_lr
 
 WEIGHTS = np.array([1.0, 0.5, 0.0])  # nnU-Net's deep-supervision weights (before normalisation): last scale unused
@@ -89,7 +98,7 @@ def test_cross_terms_are_the_cps_terms_of_one_batch():
     o1, o2 = _random_outputs(rng, 2), _random_outputs(rng, 2)
     y = [torch.zeros((2, 1, *o.shape[2:]), dtype=torch.float64) for o in o1]
     terms = cps_loss_terms(nnunet_loss(), o1, o2, y, o1, o2)
-    c1, c2 = cross_terms(nnunet_loss(), o1, o2)
+    c1, c2 = cross_terms(paper_cross_fn(nnunet_loss()), o1, o2)
     assert c1.item() == terms.cps_labeled_1.item() == terms.cps_unlabeled_1.item()
     assert c2.item() == terms.cps_labeled_2.item()
 
@@ -195,3 +204,94 @@ def test_plateau_schedule_watches_a_moving_average():
     sched = PlateauSchedule(opt, ema_alpha=0.9)
     assert sched.step(1.0) == pytest.approx(1.0)
     assert sched.step(0.0) == pytest.approx(0.9)
+
+
+# ---------------------------------------------------------------------------------------- the "ce" cross terms
+def test_masked_cross_entropy_by_hand():
+    # 2 classes, 1 x 1 x 2 voxels: logits (0, ln 3) and (ln 3, 0); labels 1 and 1
+    logits = torch.tensor([[[[0.0, np.log(3.0)]], [[np.log(3.0), 0.0]]]], dtype=torch.float64)  # (1, 2, 1, 2)
+    labels = torch.tensor([[[[1, 1]]]])
+    # voxel 0: p(1) = 3/4 -> -ln(3/4); voxel 1: p(1) = 1/4 -> -ln(1/4)
+    assert masked_cross_entropy(logits, labels).item() == pytest.approx((np.log(4 / 3) + np.log(4)) / 2)
+    # a masked voxel counts as 0 in the mean over all voxels
+    mask = torch.tensor([[[[1.0, 0.0]]]], dtype=torch.float64)
+    assert masked_cross_entropy(logits, labels, mask).item() == pytest.approx(np.log(4 / 3) / 2)
+
+
+def test_confidence_masks_keep_voxels_at_or_above_the_threshold():
+    # top probabilities: 0.75 (logits 0, ln 3), 0.5 (equal logits), 0.9 (0, ln 9)
+    logits = torch.tensor([[[[0.0, 0.0, 0.0]], [[np.log(3.0), 0.0, np.log(9.0)]]]])
+    assert confidence_masks(logits, 0.75)[0].flatten().tolist() == [1.0, 0.0, 1.0]
+    assert confidence_masks(logits, 0.8)[0].flatten().tolist() == [0.0, 0.0, 1.0]
+
+
+def test_pseudo_label_cross_entropy_weights_scales_and_masks_unsure_teacher_voxels():
+    rng = np.random.default_rng(3)
+    student = _random_outputs(rng, 2)
+    teacher = _random_outputs(rng, 2)
+
+    def hand(threshold):
+        total = 0.0
+        for w, s, t in zip(WEIGHTS, student, teacher):
+            if w == 0:
+                continue
+            s, t = s.numpy(), t.numpy()
+            ps = np.exp(s - s.max(1, keepdims=True))
+            ps /= ps.sum(1, keepdims=True)
+            pt = np.exp(t - t.max(1, keepdims=True))
+            pt /= pt.sum(1, keepdims=True)
+            y = t.argmax(1)
+            ce = -np.log(np.take_along_axis(ps, y[:, None], 1))[:, 0]
+            keep = pt.max(1) >= threshold
+            total += w * np.mean(ce * keep)
+        return total
+
+    for threshold in (0.0, 0.7, 0.95):
+        got = pseudo_label_cross_entropy(student, teacher, WEIGHTS, threshold).item()
+        assert got == pytest.approx(hand(threshold), rel=1e-9), threshold
+    assert pseudo_label_cross_entropy(student, teacher, WEIGHTS, 0.95).item() < \
+        pseudo_label_cross_entropy(student, teacher, WEIGHTS, 0.0).item()
+    with pytest.raises(ValueError, match="weight"):
+        pseudo_label_cross_entropy(student, teacher, WEIGHTS[:2], 0.0)
+
+
+def test_pseudo_label_cross_entropy_sends_no_gradient_to_the_teacher():
+    s = torch.randn(2, 3, 4, 4, requires_grad=True)
+    t = torch.randn(2, 3, 4, 4, requires_grad=True)
+    pseudo_label_cross_entropy([s], [t], [1.0], 0.5).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+
+
+def test_cps_terms_use_the_given_cross_loss():
+    rng = np.random.default_rng(4)
+    o1, o2 = _random_outputs(rng, 2), _random_outputs(rng, 2)
+    y = [torch.zeros((2, 1, *o.shape[2:]), dtype=torch.float64) for o in o1]
+    ce = lambda s, t: pseudo_label_cross_entropy(s, t, WEIGHTS)  # noqa: E731
+    terms = cps_loss_terms(nnunet_loss(), o1, o2, y, o1, o2, cross_fn=ce)
+    assert terms.cps_labeled_1.item() == pytest.approx(ce(o1, o2).item())
+    assert terms.cps_unlabeled_2.item() == pytest.approx(ce(o2, o1).item())
+    assert terms.sup_1.item() == pytest.approx(hand_ds([t.numpy() for t in o1], [t.numpy() for t in y]), rel=1e-6)
+
+
+def test_pseudo_label_stats_by_hand():
+    # 4 voxels, 2 classes: argmax foreground at voxels 1 and 2; top probabilities 0.5, 0.75, 0.9, 0.9
+    logits = torch.tensor([[[[0.0, 0.0, 0.0, np.log(9.0)]], [[0.0, np.log(3.0), np.log(9.0), 0.0]]]])
+    fg, kept = pseudo_label_stats([logits], 0.8)
+    assert fg == pytest.approx(0.5)
+    assert kept == pytest.approx(0.5)
+    assert pseudo_label_stats(logits, 0.0)[1] == 1.0
+
+
+def test_train_config_checks_the_cross_loss_options():
+    from cps3d.training.config import TrainConfig
+
+    assert TrainConfig(cps_loss="ce", confidence=0.9).confidence == 0.9
+    with pytest.raises(ValueError, match="cps_loss"):
+        TrainConfig(cps_loss="dice")
+    with pytest.raises(ValueError, match="confidence"):
+        TrainConfig(cps_loss="ce", confidence=1.0)
+    with pytest.raises(ValueError, match="needs cps_loss='ce'"):
+        TrainConfig(cps_loss="dice_ce", confidence=0.5)
+    with pytest.raises(ValueError, match="plateau_on"):
+        TrainConfig(plateau_on="val")

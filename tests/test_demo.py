@@ -48,7 +48,7 @@ def test_demo_reduced_mode_writes_report_and_reuses_work(tmp_path, capsys):
         assert f"]({fig})" in report
 
     # a second run reuses everything: no training, no prediction
-    ckpt = work / "results" / "Dataset900_Phantoms" / "CPSTrainer__cps3dPlans__3d_fullres" / "fold_all" / \
+    ckpt = work / "results" / "Dataset900_Phantoms" / "CPSTrainer__cps3dPlans__2d" / "fold_all" / \
         "checkpoint_final.pth"
     before = ckpt.stat().st_mtime_ns
     pred = next((work / "predictions" / "cps").glob("*.nii.gz"))

@@ -1,27 +1,38 @@
-"""The demo's training schedule: budget -> epochs and the lambda warm-up (hand-computed cases)."""
+"""The demo's training schedule (budget -> epochs and the lambda ramp) and its list of organs not learned, against
+hand computations."""
 
 import pytest
 
-from cps3d.demo import WARM_UP_ITERATIONS, training_schedule
+from cps3d.demo import not_learned, training_schedule
 from cps3d.training.schedules import cps_lambda
 
 
-@pytest.mark.parametrize("minutes, t_cps, iters, epochs, start, ramp", [
-    # 15 min: 8.25 min of CPS / (1.15 x 0.40 s) = 1076 iterations -> 21 x 50; warm-up 65 % = 14 epochs (>= 600 it)
-    (15, 0.40, 50, 21, 14, 3),
-    # slower step: 860 iterations -> 17 x 50; 65 % = 11 epochs = 550 iterations < 600, so 12 epochs (600 iterations)
-    (15, 0.50, 50, 17, 12, 3),
-    # 1 min: 57 iterations -> 5 x 10; 600 iterations would be all of it: capped so that lambda is 0.5 in epoch 4
-    (1, 0.50, 10, 5, 3, 1),
-    # the smallest run: 2 epochs, no warm-up left
-    (1, 5.0, 10, 2, 0, 1),
+@pytest.mark.parametrize("minutes, t_sup, t_cps, cps_minutes, iters, epochs", [
+    # 15 min: training 0.88 x 15 - 0.6 = 12.6 min; CPS share 0.8 / (0.8 + 0.2) -> 10.08 min;
+    # 604.8 s / (1.25 x 0.8 s) = 604 iterations -> 30 per epoch, 20 epochs
+    (15, 0.2, 0.8, 10.08, 30, 20),
+    # a 3.4x slower machine: 604.8 / (1.25 x 2.72) = 177 iterations -> 10 per epoch (the minimum), 17 epochs
+    (15, 0.68, 2.72, 10.08, 10, 17),
+    # 1 minute: training max(0.5, 0.28) = 0.5 min, CPS 0.4 min = 24 s / (1.25 x 0.8) = 24 iterations -> 2 x 10
+    (1, 0.2, 0.8, 0.4, 10, 2),
+    # a fast step: 12.6 x 0.75 = 9.45 min = 567 s / (1.25 x 0.03) = 15120 iterations -> 50 per epoch (the maximum)
+    (15, 0.01, 0.03, 9.45, 50, 302),
 ])
-def test_schedule_sizes_epochs_and_warm_up(minutes, t_cps, iters, epochs, start, ramp):
-    s = training_schedule(minutes, "cpu", 0.1, t_cps)
-    assert (s["iters_per_epoch"], s["expected_epochs"], s["lambda_start_epoch"], s["lambda_ramp_epochs"]) == \
-        (iters, epochs, start, ramp)
-    assert s["cps_minutes"] == pytest.approx(0.55 * minutes)
+def test_schedule_sizes_epochs_and_the_lambda_ramp(minutes, t_sup, t_cps, cps_minutes, iters, epochs):
+    s = training_schedule(minutes, "cpu", t_sup, t_cps)
+    assert s["cps_minutes"] == pytest.approx(cps_minutes)
+    assert (s["iters_per_epoch"], s["expected_epochs"]) == (iters, epochs)
+    assert s["lambda_start_epoch"] == 0 and s["lambda_ramp_epochs"] == max(1, epochs // 2)
     lam = [cps_lambda(e, 0.5, s["lambda_ramp_epochs"], s["lambda_start_epoch"]) for e in range(epochs)]
-    assert all(v == 0 for v in lam[:start]) and lam[-1] == 0.5  # warm-up, then CPS at full weight by the end
-    if start * iters < WARM_UP_ITERATIONS:
-        assert start + ramp == epochs - 1  # the cap: full weight exactly in the last expected epoch
+    assert lam[0] == 0 and lam[-1] == 0.5  # the paper's ramp from 0, at full weight from half of the run on
+    assert s["max_epochs"] == 100 * epochs  # the clock stops training, not the epoch count
+
+
+def test_not_learned_lists_organs_below_the_threshold_in_every_run():
+    def summary(**dsc):
+        return {"per_target": {o: {"DSC_mean": v} for o, v in dsc.items()}}
+
+    runs = {"Baseline": summary(liver=0.9, pancreas=0.1, adrenal=0.0, spleen=0.19),
+            "CPS": summary(liver=0.8, pancreas=0.3, adrenal=0.05, spleen=0.2)}
+    assert not_learned(runs) == ["adrenal"]
+    assert not_learned(runs, threshold=0.5) == ["pancreas", "adrenal", "spleen"]

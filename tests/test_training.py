@@ -158,9 +158,11 @@ def test_one_cps_step_updates_both_networks_and_reports_every_loss(tiny_project,
 
     trainer.dataloader_unlabeled = _Stream()
     out = trainer.train_step({"data": x_l, "target": target})
-    assert set(out) == {"loss", "sup", "cps", "loss_1", "loss_2"}
+    assert set(out) == {"loss", "sup", "cps", "loss_1", "loss_2", "sup_1", "sup_2", "pseudo_fg", "pseudo_kept"}
     assert out["loss"] == pytest.approx(out["sup"] + 0.5 * out["cps"], rel=1e-5)
     assert out["loss"] == pytest.approx(out["loss_1"] + out["loss_2"], rel=1e-5)
+    assert out["sup"] == pytest.approx(out["sup_1"] + out["sup_2"], rel=1e-5)
+    assert 0 <= out["pseudo_fg"] <= 1 and out["pseudo_kept"] == 1  # no confidence mask by default
     for net, old in zip(trainer.networks, before):
         assert not state_equal(unwrap(net).state_dict(), old)
 

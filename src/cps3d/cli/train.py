@@ -7,6 +7,7 @@ import os
 import sys
 
 from cps3d.cli import common
+from cps3d.training.config import CROSS_LOSSES, PLATEAU_SIGNALS
 
 COMMAND = "train"
 
@@ -36,9 +37,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--lambda-start-epoch", type=int, default=0, metavar="N",
                    help="hold lambda at 0 for the first N epochs, then ramp (default: 0, the paper's; a warm-up for "
                         "short runs, where the cross terms can otherwise teach both networks to predict background)")
+    p.add_argument("--cps-loss", choices=CROSS_LOSSES, default=None,
+                   help="loss of the cross terms: dice_ce (the paper's: Dice+CE against the other network's argmax) or "
+                   "ce (cross-entropy only, as the original CPS; with --confidence) (default: dice_ce)")
+    p.add_argument("--confidence", type=float, default=None, metavar="T",
+                   help="with --cps-loss ce: leave out of the cross terms the voxels where the other network's top "
+                   "softmax probability is below T, in [0, 1) (default: 0, every voxel)")
     p.add_argument("--lr-schedule", choices=("plateau", "poly"), default="plateau",
                    help="ReduceLROnPlateau on the training loss (the paper's) or nnU-Net's poly decay (default: plateau)")
+    p.add_argument("--plateau-on", choices=PLATEAU_SIGNALS, default=None,
+                   help="the loss of each network that the plateau schedule watches: total (supervised + lambda x "
+                   "CPS, which rises by design while lambda ramps up) or supervised (default: total)")
     p.add_argument("--initial-lr", type=float, default=0.01, help="default: 0.01")
+    p.add_argument("--momentum", type=float, default=None,
+                   help="SGD (Nesterov) momentum (default: 0.99, nnU-Net's; for runs of a few hundred iterations 0.9 "
+                   "with --initial-lr 0.1 learns much faster, see the README)")
     p.add_argument("--seed", type=int, default=12345,
                    help="network 1 is initialised with SEED, network 2 with SEED+1 (default: 12345)")
     p.add_argument("--save-every", type=int, default=1, help="write checkpoint_latest.pth every N epochs (default: 1)")
@@ -117,7 +130,11 @@ def run(args: argparse.Namespace) -> int:
                              lambda_start_epoch=args.lambda_start_epoch, lr_schedule=args.lr_schedule,
                              initial_lr=args.initial_lr, seed=args.seed, save_every=args.save_every,
                              final_validation=not args.no_final_validation, amp=not args.no_amp,
-                             max_minutes=args.max_minutes)
+                             max_minutes=args.max_minutes,
+                             # options not given keep TrainConfig's defaults
+                             **{k: v for k, v in (("cps_loss", args.cps_loss), ("confidence", args.confidence),
+                                                  ("plateau_on", args.plateau_on), ("momentum", args.momentum))
+                                if v is not None})
         name = find_dataset_name(args.dataset, [pre])
         trainer = train(name, pre, res, args.configuration, args.fold, config, args.plans_name, args.device,
                         args.continue_training, args.overwrite, show_progress=not args.no_progress)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 MODES = ("cps", "supervised")
+CROSS_LOSSES = ("dice_ce", "ce")  # the cross terms' loss (cps3d.training.losses)
 LR_SCHEDULES = ("plateau", "poly")
+PLATEAU_SIGNALS = ("total", "supervised")
 
 
 @dataclass(frozen=True)
@@ -17,8 +19,13 @@ class TrainConfig:
     lambda_max, lambda_ramp_epochs: CPS weight rises linearly from 0 to ``lambda_max`` over ``lambda_ramp_epochs``
         epochs (None = half of ``epochs``), then stays. lambda_start_epoch: lambda is 0 for this many epochs before the
         ramp begins (0, the paper's, by default; a warm-up for short runs).
+    cps_loss: the loss of the cross terms: ``dice_ce`` (the paper's: the supervised Dice+CE against the other
+        network's hard labels) or ``ce`` (cross-entropy only, as the original CPS). confidence: with ``ce``, voxels
+        where the other network's top softmax probability is below this are left out of the cross terms (0: none).
     lr_schedule: ``plateau`` (the paper's ReduceLROnPlateau on the training loss) or ``poly`` (nnU-Net's, the authors'
         code). plateau_*: its factor, patience (epochs), absolute threshold, and the EMA of the training loss it watches.
+        plateau_on: which loss of each network the plateau schedule watches: ``total`` (supervised + lambda x CPS; it
+        rises by design while lambda ramps up) or ``supervised``.
     initial_lr, weight_decay, momentum, grad_clip: SGD with Nesterov momentum; gradient-norm clipping per network.
     seed: network 1 is initialised with ``seed``, network 2 with ``seed + 1``; data sampling is seeded with
         ``seed + 1000 * rank`` so that DDP ranks draw different batches.
@@ -36,6 +43,8 @@ class TrainConfig:
     lambda_max: float = 0.5
     lambda_ramp_epochs: int | None = None
     lambda_start_epoch: int = 0
+    cps_loss: str = "dice_ce"
+    confidence: float = 0.0
     lr_schedule: str = "plateau"
     initial_lr: float = 0.01
     weight_decay: float = 3e-5
@@ -45,6 +54,7 @@ class TrainConfig:
     plateau_patience: int = 30
     plateau_threshold: float = 1e-3
     plateau_ema: float = 0.93
+    plateau_on: str = "total"
     min_lr: float = 1e-6
     seed: int = 12345
     save_every: int = 1
@@ -57,6 +67,15 @@ class TrainConfig:
             raise ValueError(f"mode={self.mode!r}: choose one of {', '.join(MODES)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
+        if self.cps_loss not in CROSS_LOSSES:
+            raise ValueError(f"cps_loss={self.cps_loss!r}: choose one of {', '.join(CROSS_LOSSES)}")
+        if not 0 <= self.confidence < 1:
+            raise ValueError(f"confidence={self.confidence}: must be in [0, 1)")
+        if self.confidence > 0 and self.cps_loss != "ce":
+            raise ValueError(f"confidence={self.confidence} needs cps_loss='ce' (the paper's Dice+CE cross terms use "
+                             "every voxel's pseudo-label)")
+        if self.plateau_on not in PLATEAU_SIGNALS:
+            raise ValueError(f"plateau_on={self.plateau_on!r}: choose one of {', '.join(PLATEAU_SIGNALS)}")
         for name in ("epochs", "iters_per_epoch", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")

@@ -1,4 +1,5 @@
-"""The training progress plot (``progress.png``): losses, pseudo-Dice of both networks, lambda and learning rate."""
+"""The training progress plot (``progress.png``): losses, pseudo-Dice of both networks, what the unlabeled pseudo-labels
+say, lambda and learning rate."""
 
 from __future__ import annotations
 
@@ -45,7 +46,12 @@ def plot_progress(logged: dict[str, list], path: str | os.PathLike) -> None:
         s = series(key)
         if s is not None:
             ax.plot(x, s, label=label)
-    ax.set_ylabel("pseudo Dice (validation)")
+    for key, label in (("pseudo_fg_fraction", "unlabeled pseudo-labels: foreground share"),
+                       ("pseudo_confident_fraction", "unlabeled pseudo-labels: confident share")):
+        s = series(key)
+        if s is not None and np.isfinite(s).any():
+            ax.plot(x, s, ":", label=label)
+    ax.set_ylabel("pseudo Dice (validation), fractions")
     ax.legend(loc="best")
     ax = axes[2]
     s = series("lambda")

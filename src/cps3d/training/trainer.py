@@ -45,13 +45,22 @@ from cps3d import __version__
 from cps3d.files import atomic_path, write_json
 from cps3d.preprocessing import unlabeled_folder
 from cps3d.training.config import TrainConfig
-from cps3d.training.losses import as_list, cps_loss_terms, cross_terms
+from cps3d.training.losses import (
+    CrossFn,
+    as_list,
+    cps_loss_terms,
+    cross_terms,
+    paper_cross_fn,
+    pseudo_label_cross_entropy,
+    pseudo_label_stats,
+)
 from cps3d.training.progress import plot_progress
 from cps3d.training.schedules import PlateauSchedule, cps_lambda
 
 # keys we log once per epoch in addition to nnU-Net's own
 _CPS_LOG_KEYS = ("train_sup_losses", "train_cps_losses", "train_losses_net1", "train_losses_net2", "lambda", "lrs_2",
-                 "mean_fg_dice_net2", "mean_fg_dice_avg", "dice_per_class_net2", "dice_per_class_avg")
+                 "mean_fg_dice_net2", "mean_fg_dice_avg", "dice_per_class_net2", "dice_per_class_avg",
+                 "pseudo_fg_fraction", "pseudo_confident_fraction")
 _SUPERVISED_LOG_KEYS = ("train_sup_losses", "lambda")
 
 
@@ -185,6 +194,15 @@ class CPSTrainer(nnUNetTrainer):
             return self.loss(outputs, targets)
         return self.loss(outputs[0], targets[0])
 
+    def _cross_fn(self) -> CrossFn:
+        """The loss of a cross term, ``(student outputs, teacher outputs) -> loss``, as ``cps_loss`` says."""
+        cfg = self.train_config
+        if cfg.cps_loss == "dice_ce":
+            return paper_cross_fn(self._loss_on_lists)
+        # nnU-Net's deep-supervision weights (its DeepSupervisionWrapper's), so both kinds weigh the scales alike
+        weights = tuple(self.loss.weight_factors) if self.enable_deep_supervision else (1.0,)
+        return lambda student, teacher: pseudo_label_cross_entropy(student, teacher, weights, cfg.confidence)
+
     # ------------------------------------------------------------------ data
     def get_dataloaders(self):
         seed = self.train_config.seed + 1000 * (dist.get_rank() if self.is_ddp else 0) + 7919 * self.current_epoch
@@ -242,6 +260,7 @@ class CPSTrainer(nnUNetTrainer):
         ``sup``, ``cps`` (unweighted), ``loss_1``, ``loss_2`` (each network's share).
         """
         lam = self.current_lambda
+        cross = self._cross_fn()
         unlabeled_backward = x_u is not None and lam > 0
         with contextlib.ExitStack() as stack:
             if self.is_ddp and unlabeled_backward:
@@ -249,19 +268,25 @@ class CPSTrainer(nnUNetTrainer):
                     stack.enter_context(net.no_sync())
             with self._autocast():
                 outs = [as_list(net(x_l)) for net in self.networks]
-                t = cps_loss_terms(self._loss_on_lists, outs[0], outs[1], target)
+                t = cps_loss_terms(self._loss_on_lists, outs[0], outs[1], target, cross_fn=cross)
                 loss_l = t.supervised + lam * t.cps
             self._backward(loss_l)
         del outs
+        stats = {}
         if x_u is not None:
             with self._autocast(), torch.set_grad_enabled(unlabeled_backward):
-                t.cps_unlabeled_1, t.cps_unlabeled_2 = cross_terms(self._loss_on_lists,
-                                                                   *[as_list(net(x_u)) for net in self.networks])
+                outs = [as_list(net(x_u)) for net in self.networks]
+                t.cps_unlabeled_1, t.cps_unlabeled_2 = cross_terms(cross, *outs)
+            # what the pseudo-labels of the unlabeled batch say (both teachers): the log shows a collapse to background
+            per_teacher = [pseudo_label_stats(o, self.train_config.confidence) for o in outs]
+            stats = {"pseudo_fg": torch.tensor(np.mean([f for f, _ in per_teacher])),
+                     "pseudo_kept": torch.tensor(np.mean([k for _, k in per_teacher]))}
+            del outs
             if unlabeled_backward:
                 self._backward(lam * (t.cps_unlabeled_1 + t.cps_unlabeled_2))
         l1, l2 = t.network_losses(lam)
         return {k: v.detach() for k, v in {"loss": t.total(lam), "sup": t.supervised, "cps": t.cps, "loss_1": l1,
-                                           "loss_2": l2}.items()}
+                                           "loss_2": l2, "sup_1": t.sup_1, "sup_2": t.sup_2, **stats}.items()}
 
     def _backward(self, loss: torch.Tensor) -> None:
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
@@ -330,8 +355,16 @@ class CPSTrainer(nnUNetTrainer):
             self.logger.log("train_cps_losses", means["cps"], e)
             self.logger.log("train_losses_net1", means["loss_1"], e)
             self.logger.log("train_losses_net2", means["loss_2"], e)
+            nan = float("nan")
+            self.logger.log("pseudo_fg_fraction", means.get("pseudo_fg", nan), e)
+            self.logger.log("pseudo_confident_fraction", means.get("pseudo_kept", nan), e)
         if self.train_config.lr_schedule == "plateau":
-            per_net = [means["loss_1"], means["loss_2"]] if self.n_networks == 2 else [means["loss"]]
+            if self.n_networks == 1:
+                per_net = [means["loss"]]
+            elif self.train_config.plateau_on == "supervised":
+                per_net = [means["sup_1"], means["sup_2"]]
+            else:
+                per_net = [means["loss_1"], means["loss_2"]]
             for sched, value in zip(self.schedulers, per_net):
                 sched.step(value)
 
@@ -491,6 +524,9 @@ class CPSTrainer(nnUNetTrainer):
         log = self.logger.get_value
         self.print_to_log_file(f"train_loss {log('train_losses', e):.4f} (supervised {log('train_sup_losses', e):.4f}"
                                + (f", CPS {log('train_cps_losses', e):.4f})" if self.n_networks == 2 else ")"))
+        if self.n_networks == 2:
+            self.print_to_log_file(f"Unlabeled pseudo-labels: {log('pseudo_fg_fraction', e):.4f} of voxels foreground, "
+                                   f"{log('pseudo_confident_fraction', e):.4f} confident")
         self.print_to_log_file(f"val_loss {log('val_losses', e):.4f}")
         self.print_to_log_file("Pseudo dice network 1", [round(float(i), 4) for i in log("dice_per_class_or_region", e)])
         if self.n_networks == 2:
