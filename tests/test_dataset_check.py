@@ -95,6 +95,14 @@ def test_corrupt_and_truncated_files(ds):
     assert any("cannot be read" in m for m in messages_for(probs, "imagesUnlabeled/unl_000_0000.nii.gz"))
 
 
+def test_empty_file_is_called_empty(ds):
+    (ds / "imagesTr" / "toy_002_0000.nii.gz").write_bytes(b"")
+    (ds / "imagesUnlabeled" / "unl_001_0000.nii.gz").write_bytes(b"")
+    probs = problems_of(ds)
+    assert messages_for(probs, "imagesTr/toy_002_0000.nii.gz") == ["empty file (0 bytes)"]
+    assert messages_for(probs, "imagesUnlabeled/unl_001_0000.nii.gz") == ["empty file (0 bytes)"]
+
+
 def test_nan_and_inf_voxels(ds):
     def poison(im):
         a = sitk.GetArrayFromImage(im).astype(np.float32)

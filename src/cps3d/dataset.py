@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from cps3d.files import read_json, write_json
+from cps3d.images import ImageFileError, ImageInfo, read_image_checked, read_image_info
 from cps3d.parallel import imap_cases
 
 log = logging.getLogger(__name__)
@@ -310,68 +310,62 @@ def _fmt(v: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
-
-
-def _read_header(path: str, problems: list[Problem]) -> sitk.ImageFileReader | None:
-    if not os.path.isfile(path):
+def _info(path: str, problems: list[Problem]) -> ImageInfo | None:
+    """The header of ``path``, or None with the problem recorded."""
+    try:
+        return read_image_info(path)
+    except FileNotFoundError:
         problems.append(Problem(path, "file not found"))
-        return None
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
+    except ImageFileError as e:
+        problems.append(Problem(e.path, e.problem))
+    return None
+
+
+def _voxels(path: str, problems: list[Problem]) -> np.ndarray | None:
+    """Every voxel of ``path`` after the checks of :func:`cps3d.images.read_image_checked` (truncation, NaN/inf,
+    one component), or None with the problem recorded."""
     try:
-        reader.ReadImageInformation()
-    except Exception as e:  # SimpleITK raises RuntimeError with its own text for unreadable files
-        problems.append(Problem(path, "cannot be read: " + _first_line(e)))
-        return None
-    return reader
+        return read_image_checked(path)[1]
+    except FileNotFoundError:
+        problems.append(Problem(path, "file not found"))
+    except ImageFileError as e:
+        problems.append(Problem(e.path, e.problem))
+    return None
 
 
-def _read_voxels(path: str, problems: list[Problem]) -> np.ndarray | None:
-    """All voxels as stored. NIfTI goes through nibabel: ITK's NIfTI reader silently turns NaN/inf into 0 and does
-    not notice a truncated .nii.gz, and we want to report both."""
-    try:
-        if path.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            return np.asanyarray(nib.load(path).dataobj)
-        return sitk.GetArrayFromImage(sitk.ReadImage(path))
-    except Exception as e:
-        problems.append(Problem(path, "cannot be read (truncated or corrupt?): " + _first_line(e)))
-        return None
+def _geometry(info: ImageInfo) -> _Geometry:
+    return _Geometry(info.size, info.spacing, info.origin, info.direction)
 
 
-def _geometry(reader: sitk.ImageFileReader) -> _Geometry:
-    return _Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
-                     tuple(reader.GetDirection()))
-
-
-def check_case(images: list[str], label: str | None, allowed_labels: set[int] | None) -> list[Problem]:
-    """Read one case and report every problem: unreadable or truncated files, multi-component files, NaN/inf voxels,
+def check_case(images: list[str], label: str | None, allowed_labels: set[int] | None,
+               dimension: int | None = None) -> list[Problem]:
+    """Read one case and report every problem: missing, empty, unreadable or truncated files, multi-component
+    files, NaN/inf voxels, images whose number of dimensions is not ``dimension`` (the dataset's, when given),
     geometry that differs between channels or between image and label, label values not declared in
     ``dataset.json``."""
+    return _check_case(images, label, allowed_labels, dimension)[0]
+
+
+def _check_case(images: list[str], label: str | None, allowed_labels: set[int] | None,
+                dimension: int | None) -> tuple[list[Problem], list[int | None]]:
+    """:func:`check_case`, and the number of dimensions of each image (None: header unreadable)."""
     problems: list[Problem] = []
+    dims: list[int | None] = []
     reference: _Geometry | None = None
     for path in images:
-        header = _read_header(path, problems)
+        header = _info(path, problems)
+        dims.append(None if header is None else header.dimension)
         if header is None:
             continue
-        if header.GetNumberOfComponents() != 1:
-            problems.append(Problem(path, f"has {header.GetNumberOfComponents()} components per voxel; "
-                                          "store each channel as its own CASE_XXXX file"))
+        if header.dimension not in (2, 3):
+            problems.append(Problem(path, f"is {header.dimension}-D; only 2-D and 3-D images are supported"))
             continue
-        if header.GetDimension() not in (2, 3):
-            problems.append(Problem(path, f"is {header.GetDimension()}-D; only 2-D and 3-D images are supported"))
+        if dimension is not None and header.dimension != dimension:
+            problems.append(Problem(path, f"is a {header.dimension}-D image (size {header.size}) but the dataset's "
+                                          f"images are {dimension}-D"))
             continue
-        arr = _read_voxels(path, problems)
-        if arr is None:
+        if _voxels(path, problems) is None:
             continue
-        if np.issubdtype(arr.dtype, np.floating):
-            n_bad = int(np.count_nonzero(~np.isfinite(arr)))
-            if n_bad:
-                problems.append(Problem(path, f"contains {n_bad} NaN or infinite voxel(s)"))
         geom = _geometry(header)
         if reference is None:
             reference = geom
@@ -379,31 +373,27 @@ def check_case(images: list[str], label: str | None, allowed_labels: set[int] | 
             for d in reference.differences(geom):
                 problems.append(Problem(path, f"geometry differs from channel 0 ({images[0]}): {d}"))
     if label is None:
-        return problems
-    header = _read_header(label, problems)
+        return problems, dims
+    header = _info(label, problems)
     if header is None:
-        return problems
-    if header.GetNumberOfComponents() != 1:
+        return problems, dims
+    if header.components != 1:
         problems.append(Problem(label, "label map must have one component per voxel"))
-        return problems
+        return problems, dims
     if reference is not None:
         for d in reference.differences(_geometry(header)):
             problems.append(Problem(label, f"geometry differs from its image ({images[0]}): {d}"))
-    arr = _read_voxels(label, problems)
+    arr = _voxels(label, problems)
     if arr is None:
-        return problems
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)):
-            problems.append(Problem(label, "label map contains NaN or infinite values"))
-            return problems
-        if not np.all(arr == np.round(arr)):
-            problems.append(Problem(label, "label map contains non-integer values"))
-            return problems
+        return problems, dims
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(arr == np.round(arr)):
+        problems.append(Problem(label, "label map contains non-integer values"))
+        return problems, dims
     values = set(np.unique(arr).astype(np.int64).tolist())
     if allowed_labels is not None and not values <= allowed_labels:
         problems.append(Problem(label, f"label value(s) {sorted(values - allowed_labels)} are not declared in "
                                        f"dataset.json (declared: {sorted(allowed_labels)})"))
-    return problems
+    return problems, dims
 
 
 def check_dataset(ds: RawDataset, num_processes: int = 1, progress: bool = True, unlabeled: bool = True,
