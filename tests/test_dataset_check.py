@@ -119,6 +119,20 @@ def test_nan_and_inf_voxels(ds):
     assert any("NaN" in m for m in messages_for(probs, "imagesUnlabeled/unl_001_0000.nii.gz"))
 
 
+def test_2d_images_in_a_3d_dataset(ds, capsys):
+    flat = np.full((48, 48), 40, np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(flat), str(ds / "imagesTr" / "toy_001_0000.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((48, 48), np.uint8)), str(ds / "labelsTr" / "toy_001.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(flat), str(ds / "imagesUnlabeled" / "unl_000_0000.nii.gz"))
+    probs = problems_of(ds)
+    for name in ("imagesTr/toy_001_0000.nii.gz", "imagesUnlabeled/unl_000_0000.nii.gz"):
+        assert messages_for(probs, name) == [
+            "is a 2-D image but the dataset's images are 3-D (2 of 3 labeled images); nnU-Net cannot mix them"]
+    assert len(probs) == 2  # the 2-D label matches its 2-D image: nothing else to say
+    assert main(["check", "-d", ds.name, "--raw-root", str(ds.parent), "--no-progress"]) == 1
+    assert "toy_001_0000.nii.gz: is a 2-D image" in capsys.readouterr().err
+
+
 def test_channel_count(ds):
     # a second channel file that dataset.json does not declare, and a multi-component image
     shutil.copy(ds / "imagesTr" / "toy_000_0000.nii.gz", ds / "imagesTr" / "toy_000_0001.nii.gz")

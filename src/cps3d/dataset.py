@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -401,19 +402,32 @@ def check_dataset(ds: RawDataset, num_processes: int = 1, progress: bool = True,
     """Run every check on a raw dataset and return all problems found (empty list: the dataset is usable).
 
     Labeled cases: image/label pairing, readability, channel count, geometry agreement, declared label values,
-    NaN/inf. Unlabeled (and test) cases: readability, channel count, channel geometry, NaN/inf.
+    NaN/inf. Unlabeled (and test) cases: readability, channel count, channel geometry, NaN/inf. Every image must
+    have the dataset's number of dimensions: that of most labeled images (nnU-Net cannot mix 2-D and 3-D images).
     """
     problems = check_layout(ds)
     allowed = ds.label_values
-    work: list[tuple] = [(v["images"], v["label"], allowed) for v in ds.labeled_cases().values()]
+    work: list[tuple] = [(v["images"], v["label"], allowed, None) for v in ds.labeled_cases().values()]
+    n_labeled = len(work)
     if unlabeled:
-        work += [(v, None, None) for v in ds.unlabeled_cases().values()]
+        work += [(v, None, None, None) for v in ds.unlabeled_cases().values()]
     if test:
-        work += [(v["images"], v["label"], allowed) for v in ds.test_cases().values()]
-    for _, result in imap_cases(check_case, work, num_processes, desc=f"Checking {ds.name}", progress=progress):
+        work += [(v["images"], v["label"], allowed, None) for v in ds.test_cases().values()]
+    results: list[tuple[list[Problem], list[int | None]]] = [([], [])] * len(work)
+    for i, result in imap_cases(_check_case, work, num_processes, desc=f"Checking {ds.name}", progress=progress):
         if isinstance(result, BaseException):
             raise result
-        problems += result
+        results[i] = result
+    labeled_dims = Counter(d for _, dims in results[:n_labeled] for d in dims if d in (2, 3))
+    # ties go to 3-D, the usual case
+    dimension = max(labeled_dims, key=lambda d: (labeled_dims[d], d)) if labeled_dims else None
+    for (images, *_), (case_problems, dims) in zip(work, results):
+        problems += case_problems
+        for path, d in zip(images, dims):
+            if dimension is not None and d in (2, 3) and d != dimension:
+                problems.append(Problem(path, f"is a {d}-D image but the dataset's images are {dimension}-D "
+                                              f"({labeled_dims[dimension]} of {sum(labeled_dims.values())} "
+                                              "labeled images); nnU-Net cannot mix them"))
     return problems
 
 
