@@ -210,6 +210,36 @@ def test_unreadable_input_is_reported_and_the_others_go_on(model_dir, tmp_path, 
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temporary files left behind
 
 
+def test_truncated_nan_and_2d_scans_fail_by_name_and_the_others_go_on(model_dir, tmp_path, capsys):
+    scans = tmp_path / "scans"
+    write_scan(scans / "good_0000.nii.gz", (24, 24, 8))
+    cut = write_scan(scans / "cut_0000.nii.gz", (24, 24, 8), seed=1)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # nnU-Net's reader fills the lost half with 0
+    nan = write_scan(scans / "nan_0000.nii.gz", (24, 24, 8), dtype=np.float32, seed=2)
+    image = sitk.ReadImage(str(nan))
+    voxels = sitk.GetArrayFromImage(image)
+    voxels[3, 4, :5] = np.nan
+    voxels[0, 0, 0] = np.inf
+    poisoned = sitk.GetImageFromArray(voxels)
+    poisoned.CopyInformation(image)
+    sitk.WriteImage(poisoned, str(nan))  # nnU-Net's reader turns NaN and inf into 0
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((24, 24), 40, np.int16)), str(scans / "flat_0000.nii.gz"))
+    (scans / "empty_0000.nii.gz").write_bytes(b"")
+    out = tmp_path / "out"
+    code = main(["predict", "-i", str(scans), "-o", str(out), "-m", str(model_dir), "--device", "cpu", "-np", "1",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "4 case(s) failed" in err
+    assert f"{cut}: cannot be read, truncated or corrupt" in err
+    assert f"{nan}: contains 6 NaN or infinite voxel(s)" in err
+    assert f"{scans / 'flat_0000.nii.gz'}: is a 2-D image (size (24, 24)); 3-D images are expected" in err
+    assert f"{scans / 'empty_0000.nii.gz'}: empty file (0 bytes)" in err
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["good.nii.gz"]
+    summary = json.loads((out / "cps3d_predict.json").read_text())
+    assert sorted(f["case_id"] for f in summary["failed"]) == ["cut", "empty", "flat", "nan"]
+
+
 def test_existing_outputs_are_skipped_unless_overwrite(model_dir, tmp_path):
     scans = tmp_path / "scans"
     for i in range(3):

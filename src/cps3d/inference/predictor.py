@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from cps3d import __version__
 from cps3d.files import read_json, write_json
+from cps3d.images import error_text, verify_image
 from cps3d.inference.export import EXPORT_MODES, ExportJob, export_case, output_paths
 from cps3d.inference.forced_spacing import PRESETS, ForcedSpacing, force_spacing_on_properties
 from cps3d.inference.inputs import Case, list_cases, read_dicom_series
@@ -253,18 +254,35 @@ def make_predictor(model: LoadedModel, config: PredictConfig):
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}".rstrip(": ")
+    """The exception's type and the informative line of its message (see :func:`cps3d.images.error_text`)."""
+    text = error_text(e)
+    return type(e).__name__ if text == type(e).__name__ else f"{type(e).__name__}: {text}"
+
+
+def input_dimension(plans: dict) -> int:
+    """Number of dimensions of the images a model was trained on: 2 when nnU-Net's readers marked the dataset's
+    images as 2-D (they give the missing axis a spacing of 999), else 3."""
+    return 2 if 999 in [float(s) for s in plans.get("original_median_spacing_after_transp", ())] else 3
 
 
 def prepare_case(case: Case, plans: dict, configuration: str, dataset_json: dict,
                  forced_spacing: ForcedSpacing | None) -> dict:
     """Read and preprocess one case (runs in worker processes). Returns ``{"data"`` (channels, *network-order
     shape) float32, ``"properties"`` (nnU-Net's), ``"info"`` (geometry for logs and the report)``}``.
-    Raises ValueError naming the input when it cannot be read or used."""
+    Raises ValueError naming the input when it cannot be read or used: every channel file is first read in full by
+    :func:`cps3d.images.verify_image` (nnU-Net's SimpleITK reader turns a truncated NIfTI's missing voxels and NaN
+    into zeros without a word), which names an empty, truncated or corrupt file, NaN or infinite voxels and an
+    image of another dimensionality than the model's."""
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
     n_channels = len(dataset_json["channel_names"])
+    if case.kind != "dicom":
+        dimension = input_dimension(plans)
+        for f in case.files:
+            try:
+                verify_image(f, dimension)
+            except FileNotFoundError as e:
+                raise ValueError(str(e)) from e
     said = io.StringIO()
     try:
         with contextlib.redirect_stdout(said):
