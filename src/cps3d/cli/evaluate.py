@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise common.CLIError(f"--num-processes must be at least 1, got {args.num_processes}")
 
     from cps3d.evaluation.flare import (
+        CasesNotScored,
         compare_summaries,
         evaluate_folders,
         format_table,
@@ -88,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
                                   num_processes=args.num_processes, default_tolerance_mm=args.default_tolerance,
                                   slice_range=args.slice_range, nsd_min_dice=args.nsd_min_dice,
                                   progress=not args.no_progress)
+    except CasesNotScored as e:  # the input is wrong, not the command: exit status 1, like a failed check
+        print(f"cps3d evaluate: {e}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as e:
         raise common.CLIError(str(e)) from e
     csv_path = os.path.join(out_dir, "metrics_per_case.csv")
