@@ -109,6 +109,27 @@ def test_a_failing_case_is_named_and_the_others_are_kept(project):
     assert len(list(lab.glob("*_seg.b2nd"))) == len(ds.labeled_cases())
 
 
+def test_truncated_and_nan_files_are_refused_without_a_prior_check(project):
+    ds, pre, plans = project
+    cut, poisoned = (ds.unlabeled_cases()[c][0] for c in sorted(ds.unlabeled_cases())[:2])
+    with open(cut, "rb") as f:
+        data = f.read()
+    with open(cut, "wb") as f:
+        f.write(data[: len(data) // 2])
+    image = sitk.ReadImage(poisoned)
+    voxels = sitk.GetArrayFromImage(image).astype(np.float32)
+    voxels[2, 3, 4] = np.nan
+    out = sitk.GetImageFromArray(voxels)
+    out.CopyInformation(image)
+    sitk.WriteImage(out, poisoned)
+    with pytest.raises(RuntimeError, match="preprocessing failed for 2 case") as e:
+        preprocess(ds, pre, plans, "3d_fullres", progress=False)
+    failed = sorted(ds.unlabeled_cases())[:2]
+    assert all(c in str(e.value) for c in failed)
+    unl = unlabeled_folder(pre / ds.name / plans["configurations"]["3d_fullres"]["data_identifier"])
+    assert not any((unl / f"{c}.b2nd").exists() for c in failed)  # nnU-Net would have stored them with zeros
+
+
 def test_unknown_configuration(project):
     ds, pre, plans = project
     with pytest.raises(ValueError, match="configuration '2d' is not in the plans"):

@@ -36,7 +36,8 @@ def add_num_processes(parser: argparse.ArgumentParser, default: int = 2, what: s
 
 def add_skip_check(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-check", action="store_true",
-                        help="do not run the dataset integrity checks of 'cps3d check' first")
+                        help="do not run the dataset integrity checks of 'cps3d check' first (files are still read "
+                        "in full and refused when empty, truncated or holding NaN/inf)")
 
 
 def add_no_progress(parser: argparse.ArgumentParser) -> None:

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     ds, raw, pre = common.checked_dataset(args)
     try:
         fp = ensure_fingerprint(ds, pre, fp_config, args.num_processes, not args.no_progress,
-                                overwrite=args.overwrite_fingerprint)
+                                overwrite=args.overwrite_fingerprint, verify=args.skip_check)
         plan_experiment(raw, pre, ds.name, plan_config, fingerprint_meta=fp.get("cps3d"))
     except (FileNotFoundError, ValueError) as e:
         raise common.CLIError(str(e)) from e
