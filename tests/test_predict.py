@@ -113,6 +113,25 @@ def test_dicom_series_gives_a_nifti_with_the_series_geometry(model_dir, tmp_path
     np.testing.assert_allclose(direction, LPS, atol=1e-6)
 
 
+def test_broken_dicom_series_fail_by_folder_and_the_others_go_on(model_dir, tmp_path, capsys):
+    scan = write_scan(tmp_path / "scans" / "good_0000.nii.gz", (24, 24, 8))
+    unreadable = write_dicom_series(tmp_path / "unreadable", (20, 20, 10), (1.0, 1.0, 2.5), (0.0, 0.0, 0.0))
+    (unreadable / "slice_004.dcm").write_bytes(b"garbage")  # GDCM leaves it out of the series
+    gap = write_dicom_series(tmp_path / "gap", (20, 20, 10), (1.0, 1.0, 2.5), (0.0, 0.0, 0.0))
+    (gap / "slice_006.dcm").unlink()  # SimpleITK would stack 9 slices 2.78 mm apart
+    out = tmp_path / "out"
+    code = main(["predict", "-i", str(scan.parent), str(unreadable), str(gap), "-o", str(out), "-m", str(model_dir),
+                 "--device", "cpu", "-np", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "2 case(s) failed" in err
+    assert f"unreadable ({unreadable}): 1 file(s) of the folder belong to no DICOM series" in err
+    assert "slice_004.dcm" in err
+    assert f"in {gap}): DICOM series 1.2.826.0.1.3680043.2.1125.1.42 in {gap}: slice(s) missing: 1 between " \
+           "slice_005.dcm and slice_007.dcm (5 mm apart)" in err
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["good.nii.gz"]
+
+
 def test_branch_1_equals_stock_nnunet(model_dir, tmp_path):
     """Forced spacing off, branch 1, step 0.5, mirroring on: the label maps equal nnU-Net's own predictor's."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor

@@ -284,15 +284,15 @@ def prepare_case(case: Case, plans: dict, configuration: str, dataset_json: dict
             except FileNotFoundError as e:
                 raise ValueError(str(e)) from e
     said = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(said):
-            if case.kind == "dicom":
-                data, properties = read_dicom_series(case)
-            else:
+    if case.kind == "dicom":
+        data, properties = read_dicom_series(case)  # its errors name the series and what is wrong
+    else:
+        try:
+            with contextlib.redirect_stdout(said):
                 data, properties = pm.image_reader_writer_class().read_images(list(case.files))
-    except Exception as e:
-        extra = " ".join(said.getvalue().split())
-        raise ValueError(f"{case.source}: cannot read ({_first_line(e)}{'; ' + extra if extra else ''})") from e
+        except Exception as e:
+            extra = " ".join(said.getvalue().split())
+            raise ValueError(f"{case.source}: cannot read ({_first_line(e)}{'; ' + extra if extra else ''})") from e
     if data.ndim != 4 or data.shape[0] != n_channels:
         raise ValueError(f"{case.source}: read {data.shape[0] if data.ndim == 4 else '?'} channel(s) of shape "
                          f"{data.shape}, the model expects {n_channels} channel(s) of a 3D image")
