@@ -3,11 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+from collections.abc import Iterable, Sequence
+from typing import NoReturn
 
 
 class CLIError(Exception):
     """An error the user can fix; the CLI prints it without a traceback and exits with status 2."""
+
+
+def closest(value: str, candidates: Iterable[str]) -> str | None:
+    """The candidate ``value`` was most likely meant to be (difflib), or None if none is close."""
+    found = difflib.get_close_matches(str(value), [str(c) for c in candidates], n=1)
+    return found[0] if found else None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of ``cps3d`` and of every subcommand: no abbreviated options (argparse would read ``--minute 3``
+    as ``--minutes 3`` without a word), and a suggestion for a mistyped command, choice or option."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def _check_value(self, action: argparse.Action, value) -> None:
+        # argparse checks every value with choices here, subcommand names included
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as e:
+            hint = closest(value, action.choices or ())
+            if hint is None:
+                raise
+            raise argparse.ArgumentError(action, f"{e.message} (did you mean {hint!r}?)") from None
+
+    def error_unrecognized(self, extras: Sequence[str], parent: argparse.ArgumentParser | None = None) -> NoReturn:
+        """Exit with this parser's usage, naming the arguments it does not know and the options they resemble
+        (this parser's, and ``parent``'s: the top-level options of a mistyped ``cps3d --verbse check``)."""
+        options = [o for p in (self, parent) if p is not None for a in p._actions for o in a.option_strings]
+        hints = {}
+        for arg in extras:
+            name = arg.split("=", 1)[0]
+            if name.startswith("-") and closest(name, options) is not None:
+                hints[name] = closest(name, options)
+        if len(hints) == 1:
+            hint = f" (did you mean {next(iter(hints.values()))}?)"
+        else:
+            hint = f" (did you mean {', '.join(f'{h} for {n}' for n, h in hints.items())}?)" if hints else ""
+        self.error("unrecognized arguments: " + " ".join(extras) + hint)
 
 
 def add_roots(parser: argparse.ArgumentParser, raw: bool = True, preprocessed: bool = True,
