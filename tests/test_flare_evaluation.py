@@ -377,3 +377,17 @@ def test_cli_evaluate_refuses_a_truncated_prediction(tmp_path, capsys):
     assert not (pred_dir / "summary.json").exists() and not (pred_dir / "metrics_per_case.csv").exists()
     with pytest.raises(ValueError, match="case_002.nii.gz: cannot be read, truncated"):
         read_label_map(path)
+
+
+def test_cli_evaluate_output_that_is_a_file_is_refused_before_scoring(tmp_path, capsys, monkeypatch):
+    pred_dir, ref_dir, _ = make_folders(tmp_path, n=1)
+    (tmp_path / "taken").write_text("a file")
+
+    def must_not_score(*args, **kwargs):
+        raise AssertionError("scored before the output folder was checked")
+
+    monkeypatch.setattr("cps3d.evaluation.flare.evaluate_folders", must_not_score)
+    rc = main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "-o", str(tmp_path / "taken"), "-np",
+               "1", "--no-progress"])
+    assert rc == 2
+    assert f"{tmp_path / 'taken'}: the output folder (-o) exists and is not a folder" in capsys.readouterr().err

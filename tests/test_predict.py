@@ -259,6 +259,17 @@ def test_truncated_nan_and_2d_scans_fail_by_name_and_the_others_go_on(model_dir,
     assert sorted(f["case_id"] for f in summary["failed"]) == ["cut", "empty", "flat", "nan"]
 
 
+def test_output_that_is_a_file_is_refused_before_any_work(model_dir, tmp_path, capsys):
+    scan = write_scan(tmp_path / "s" / "c_0000.nii.gz", (20, 20, 6))
+    (tmp_path / "taken").write_text("a file, not a folder")
+    base = ["predict", "-i", str(scan), "-m", str(model_dir), "--device", "cpu", "-np", "1", "--no-progress"]
+    assert main(base + ["-o", str(tmp_path / "taken")]) == 2
+    assert f"{tmp_path / 'taken'}: the output folder exists and is not a folder" in capsys.readouterr().err
+    assert main(base + ["-o", str(tmp_path / "out"), "--profile", str(tmp_path / "taken" / "prof")]) == 2
+    assert "profile folder (--profile) cannot be created" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_existing_outputs_are_skipped_unless_overwrite(model_dir, tmp_path):
     scans = tmp_path / "scans"
     for i in range(3):

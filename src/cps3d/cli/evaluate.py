@@ -80,9 +80,11 @@ def run(args: argparse.Namespace) -> int:
         write_per_case_csv,
         write_summary_json,
     )
+    from cps3d.files import check_output_folder
 
     out_dir = args.output or args.pred
     try:
+        check_output_folder(out_dir, "output folder (-o)" if args.output else "prediction folder")
         other = load_summary(args.compare[0]) if args.compare else None  # fail before the long part
         tolerances = load_tolerances(args.tolerances) if args.tolerances else None
         result = evaluate_folders(args.pred, args.ref, dataset_json=args.dataset_json, tolerances=tolerances,

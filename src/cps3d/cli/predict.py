@@ -108,6 +108,12 @@ def run(args: argparse.Namespace) -> int:
     profiler = None
     if args.profile:
         from cps3d.evaluation.profiler import ResourceProfiler
+        from cps3d.files import check_output_folder
+
+        try:
+            check_output_folder(args.profile, "profile folder (--profile)")
+        except ValueError as e:
+            raise common.CLIError(str(e)) from e
 
         profiler = ResourceProfiler(interval=0.1)
         profiler.start()

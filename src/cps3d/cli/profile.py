@@ -44,8 +44,12 @@ def run(args: argparse.Namespace) -> int:
         raise common.CLIError(f"--gpu-allowance-mb must be >= 0, got {args.gpu_allowance_mb}")
 
     from cps3d.evaluation.profiler import ProfileReport, profile_command
-    from cps3d.files import read_json
+    from cps3d.files import check_output_folder, read_json
 
+    try:
+        check_output_folder(args.output, "output folder (-o)")  # before the command runs, not after
+    except ValueError as e:
+        raise common.CLIError(str(e)) from e
     try:
         code = profile_command(cmd, args.output, interval=args.interval, gpu_allowance_mb=args.gpu_allowance_mb,
                                plot=not args.no_plot)

@@ -40,7 +40,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
 from cps3d import __version__
-from cps3d.files import read_json, write_json
+from cps3d.files import check_output_folder, read_json, write_json
 from cps3d.images import error_text, verify_image
 from cps3d.inference.export import EXPORT_MODES, ExportJob, export_case, output_paths
 from cps3d.inference.forced_spacing import PRESETS, ForcedSpacing, force_spacing_on_properties
@@ -351,10 +351,12 @@ def predict(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, 
     :class:`cps3d.evaluation.profiler.ResourceProfiler`; each case is marked on it (with ``num_processes=1`` the
     mark covers the whole case, otherwise its network pass: reading and export then run in worker processes).
 
-    Raises FileNotFoundError / ValueError for a missing or unusable model folder and missing input paths. Problems
-    of single cases do not raise: they are in the report's ``failed`` list.
+    Raises FileNotFoundError / ValueError for a missing or unusable model folder, missing input paths and an output
+    folder that cannot be one (a file, or not writable). Problems of single cases do not raise: they are in the
+    report's ``failed`` list.
     """
     config = config or PredictConfig()
+    check_output_folder(output_dir)  # before anything is read: not after the first case
     resolve_device(config.device)  # a CUDA request without CUDA fails before anything is read or written
     model = load_model(model_dir, config.folds, config.checkpoint, config.branch)
     pm = model.plans_manager
