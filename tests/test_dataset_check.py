@@ -141,6 +141,7 @@ def test_channel_count(ds):
     probs = problems_of(ds)
     assert any("not in channel_names" in p.message and "toy_000" in p.path for p in probs)
     assert any("components" in m for m in messages_for(probs, "imagesUnlabeled/unl_000_0000.nii.gz"))
+    assert messages_for(probs, "labelsTr/toy_000.nii.gz") == []  # its image exists: no "label without image"
 
 
 def test_missing_channel_of_a_two_channel_dataset(ds):

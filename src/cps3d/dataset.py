@@ -206,8 +206,8 @@ def validate_dataset_json(dj: object, where: str) -> list[Problem]:
     return problems
 
 
-def list_image_cases(folder: Path, file_ending: str, num_channels: int) -> tuple[dict[str, list[str]], list[Problem]]:
-    """Group ``CASE_XXXX<ending>`` files of ``folder`` into cases; report misnamed files and missing channels."""
+def _channel_files(folder: Path, file_ending: str) -> tuple[dict[str, dict[int, str]], list[Problem]]:
+    """``{case: {channel index: path}}`` of the ``CASE_XXXX<ending>`` files of ``folder``, and misnamed files."""
     cases: dict[str, dict[int, str]] = {}
     problems = []
     if not folder.is_dir():
@@ -226,6 +226,12 @@ def list_image_cases(folder: Path, file_ending: str, num_channels: int) -> tuple
             problems.append(Problem(str(path), f"name must be CASE_XXXX{file_ending} (XXXX = 4-digit channel index)"))
             continue
         cases.setdefault(m.group(1), {})[int(m.group(2))] = str(path)
+    return cases, problems
+
+
+def list_image_cases(folder: Path, file_ending: str, num_channels: int) -> tuple[dict[str, list[str]], list[Problem]]:
+    """Group ``CASE_XXXX<ending>`` files of ``folder`` into cases; report misnamed files and missing channels."""
+    cases, problems = _channel_files(folder, file_ending)
     complete = {}
     for case, channels in cases.items():
         expected = set(range(num_channels))
@@ -274,7 +280,8 @@ def check_layout(ds: RawDataset) -> list[Problem]:
     for case in sorted(set(images) - labels):
         if lab_dir.is_dir():
             problems.append(Problem(str(lab_dir / f"{case}{ds.file_ending}"), f"missing: image case {case} has no label"))
-    for case in sorted(labels - set(images)):
+    named = set(_channel_files(img_dir, ds.file_ending)[0])  # cases with a channel problem have images too
+    for case in sorted(labels - named):
         problems.append(Problem(str(lab_dir / f"{case}{ds.file_ending}"),
                                 f"label without image: expected {img_dir / (case + '_0000' + ds.file_ending)}"))
     if ds.dataset_json.get("numTraining") != len(images) and not p:
