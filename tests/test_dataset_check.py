@@ -191,6 +191,21 @@ def test_bad_dataset_json(ds):
         RawDataset.load(ds)
 
 
+def test_cli_dataset_json_problems_exit_with_1(ds, capsys):
+    check = ["check", "-d", ds.name, "--raw-root", str(ds.parent), "--no-progress"]
+    (ds / "dataset.json").write_text(json.dumps({"labels": {"background": 0}}))
+    assert main(check) == 1  # a dataset that fails the check, as the README says; 2 is for usage errors
+    err = capsys.readouterr().err
+    assert f"{ds.name}: 3 problem(s):" in err and "dataset.json: missing key 'channel_names'" in err
+    (ds / "dataset.json").write_text("{not json")
+    assert main(check) == 1
+    assert "dataset.json: not valid JSON" in capsys.readouterr().err
+    (ds / "dataset.json").unlink()
+    assert main(check) == 1
+    assert f"{ds / 'dataset.json'}: file not found" in capsys.readouterr().err
+    assert main(["check", "-d", "Dataset902_Nothing", "--raw-root", str(ds.parent)]) == 2  # no such dataset
+
+
 def test_all_problems_reported_at_once_and_cli_exit_code(ds, capsys):
     (ds / "labelsTr" / "toy_001.nii.gz").unlink()
     (ds / "imagesUnlabeled" / "unl_000_0000.nii.gz").write_bytes(b"garbage")

@@ -114,11 +114,20 @@ class RawDataset:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> RawDataset:
+        """Read a dataset folder's ``dataset.json``. Raises FileNotFoundError if the folder does not exist and
+        DatasetError if its dataset.json is missing, not valid JSON or lacks what cps3d and nnU-Net need."""
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: dataset folder not found")
-        dj = read_json(folder / "dataset.json")
-        problems = validate_dataset_json(dj, str(folder / "dataset.json"))
+        path = folder / "dataset.json"
+        if not path.is_file():
+            raise DatasetError([Problem(str(path), "file not found (every dataset needs one: channel_names, labels, "
+                                                   "numTraining, file_ending)")])
+        try:
+            dj = read_json(path)
+        except ValueError as e:
+            raise DatasetError([Problem(str(path), str(e).removeprefix(f"{path}: "))]) from e
+        problems = validate_dataset_json(dj, str(path))
         if problems:
             raise DatasetError(problems)
         return cls(folder, dj)
