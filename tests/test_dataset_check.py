@@ -224,6 +224,19 @@ def test_cli_accepts_clean_dataset_by_id_and_needs_a_root(clean_dataset, capsys,
     assert "--raw-root" in err and "nnUNet_raw" in err
 
 
+def test_cli_records_the_passed_check_under_the_resolved_preprocessed_root(ds, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("nnUNet_preprocessed", "~/pre")  # resolved like every other root: ~ expanded
+    assert main(["check", "-d", ds.name, "--raw-root", str(ds.parent), "--no-progress"]) == 0
+    assert (tmp_path / "home" / "pre" / ds.name / "cps3d_check.json").is_file()
+    assert not (tmp_path / "~").exists()
+    monkeypatch.delenv("nnUNet_preprocessed")
+    assert main(["check", "-d", ds.name, "--raw-root", str(ds.parent), "--no-progress",
+                 "--preprocessed-root", "rel"]) == 0
+    assert (tmp_path / "rel" / ds.name / "cps3d_check.json").is_file()
+
+
 def test_dataset_name_resolution(clean_dataset, tmp_path):
     root = str(clean_dataset.parent)
     assert find_dataset_name(901, [root]) == clean_dataset.name

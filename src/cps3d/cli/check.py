@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from cps3d.dataset import DatasetError, RawDataset, check_dataset, find_dataset_name, record_passed_check
 
     raw = common.raw_root(args)
-    pre = os.environ.get("nnUNet_preprocessed") if args.preprocessed_root is None else args.preprocessed_root
+    # where a passed check is recorded for plan and preprocess; without a preprocessed root it is not recorded
+    pre = common.optional_root(args.preprocessed_root, "--preprocessed-root", "nnUNet_preprocessed")
     try:
         name = find_dataset_name(args.dataset, [raw])
         ds = RawDataset.load(os.path.join(raw, name))

@@ -99,6 +99,13 @@ def resolve_root(value: str | None, flag: str, env: str, must_exist: bool = True
     return root
 
 
+def optional_root(value: str | None, flag: str, env: str) -> str | None:
+    """:func:`resolve_root` for a folder a command can do without: None when neither ``flag`` nor ``env`` gives one."""
+    if not value and not os.environ.get(env):
+        return None
+    return resolve_root(value, flag, env, must_exist=False)
+
+
 def raw_root(args: argparse.Namespace) -> str:
     return resolve_root(getattr(args, "raw_root", None), "--raw-root", "nnUNet_raw")
 
