@@ -270,6 +270,18 @@ def test_output_that_is_a_file_is_refused_before_any_work(model_dir, tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
+def test_empty_input_folder_writes_nothing(model_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    code = main(["predict", "-i", str(tmp_path / "empty"), "-o", str(out), "-m", str(model_dir), "--device", "cpu",
+                 "-np", "1", "--no-progress"])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert f"({tmp_path / 'empty'}): no scans found" in captured.err
+    assert "0 case(s) predicted, 0 skipped (output exists), 1 failed; nothing written" in captured.out
+    assert not out.exists()  # no dataset.json, plans.json or cps3d_predict.json of a run that did nothing
+
+
 def test_existing_outputs_are_skipped_unless_overwrite(model_dir, tmp_path):
     scans = tmp_path / "scans"
     for i in range(3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cps3d.cli import common
@@ -130,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
         print(summary.format(), file=sys.stderr)
         print(f"profile written to {args.profile}", file=sys.stderr)
 
+    where = f"output in {args.output}" if os.path.isdir(args.output) else "nothing written"
     print(f"{len(report.predicted)} case(s) predicted, {len(report.skipped)} skipped (output exists), "
-          f"{len(report.failed)} failed; output in {args.output}")
+          f"{len(report.failed)} failed; {where}")
     if report.failed:
         print(f"{len(report.failed)} case(s) failed:", file=sys.stderr)
         for failure in report.failed:

@@ -386,6 +386,9 @@ def predict(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, 
         if Path(given).expanduser().is_dir() and out_dir.resolve() == Path(given).expanduser().resolve():
             raise ValueError(f"{out_dir}: the output folder is also an input folder; choose another output folder "
                              "(label maps written there would be read as scans next time)")
+    if not ids:  # nothing to predict or to skip: leave the output folder as it is (the problems say why)
+        log.info("no case in the input; nothing written to %s", out_dir)
+        return report
     out_dir.mkdir(parents=True, exist_ok=True)
     todo: list[Case] = []
     for c in cases:
