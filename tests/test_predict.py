@@ -327,6 +327,7 @@ def test_profile_and_protocol_flags(model_dir, tmp_path):
     assert code == 0
     data = json.loads((prof / "profile.json").read_text())
     assert data["command"] == "cps3d predict"
+    assert data["gpu_allowance_mb"] == 2048  # FLARE's, as in 'cps3d profile' and the demo
     assert (prof / "cases.csv").read_text().splitlines()[1].startswith("c,")  # one row, for case c
     # --protocol paper sets step 0.7 and forced spacing paper; the explicit --tta wins over its "no TTA"
     config = json.loads((tmp_path / "o" / "cps3d_predict.json").read_text())["config"]

@@ -110,6 +110,7 @@ def test_cli_profile_passes_exit_code(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "running time" in err and "exit code 5" in err
     assert (out / "profile.json").is_file() and (out / "samples.csv").is_file()
+    assert json.loads((out / "profile.json").read_text())["gpu_allowance_mb"] == 2048  # FLARE's, by default
     assert main(["profile", "-o", str(out), "--", "cps3d-no-such-command-xyz"]) == 127
     assert main(["profile", "-o", str(out)]) == 2  # no command
 
