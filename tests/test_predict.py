@@ -335,6 +335,21 @@ def test_profile_and_protocol_flags(model_dir, tmp_path):
     assert config["forced_spacing"]["sz"] == 0.5
 
 
+def test_saved_properties_give_the_scans_own_spacing_under_forced_spacing(model_dir, tmp_path):
+    import pickle
+
+    scan = write_scan(tmp_path / "s" / "c_0000.nii.gz", (40, 36, 12), (1.2, 1.4, 3.0))
+    report = predict([scan], tmp_path / "out", model_dir,
+                     PredictConfig(forced_spacing=PRESETS["paper"], save_probabilities=True, **QUIET))
+    assert not report.failed and report.predicted[0].assumed_spacing == pytest.approx([0.75, 0.75, 3.0])
+    with open(tmp_path / "out" / "c.pkl", "rb") as f:
+        properties = pickle.load(f)
+    # array order (z, y, x): the grid the probabilities and the label map are on, not the spacing assumed
+    assert properties["spacing"] == pytest.approx([3.0, 1.4, 1.2])
+    assert properties["cps3d_assumed_spacing"] == pytest.approx([3.0, 0.75, 0.75])
+    assert np.load(tmp_path / "out" / "c.npz")["probabilities"].shape[1:] == (12, 36, 40)
+
+
 def test_postprocessing_keeps_one_component_per_label(model_dir, tmp_path):
     from scipy import ndimage
 

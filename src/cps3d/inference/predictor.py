@@ -477,7 +477,8 @@ class _Runner:
         job = ExportJob(case.case_id, None, prepared["properties"], self.model.plans, self.model.configuration,
                         self.model.dataset_json, str(self.out_dir), DICOM_ENDING if dicom else self.file_ending,
                         "sitk" if dicom else "plans", self.config.save_probabilities, self.config.export_mode,
-                        self.postprocessing)
+                        self.postprocessing,
+                        None if info["assumed_spacing"] is None else [float(v) for v in info["spacing"][::-1]])
         t0 = time.perf_counter()
         try:
             logits = self.predictor.predict_logits_from_preprocessed_data(torch.from_numpy(prepared.pop("data")))
