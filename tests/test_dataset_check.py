@@ -215,6 +215,15 @@ def test_all_problems_reported_at_once_and_cli_exit_code(ds, capsys):
     assert "2 problem(s)" in err and "toy_001.nii.gz" in err and "unl_000_0000.nii.gz" in err
 
 
+@pytest.mark.parametrize("command", ["plan", "preprocess"])
+def test_plan_and_preprocess_exit_with_1_when_the_check_fails(ds, tmp_path, command, capsys):
+    (ds / "imagesUnlabeled" / "unl_000_0000.nii.gz").write_bytes(b"")
+    code = main([command, "-d", ds.name, "--raw-root", str(ds.parent), "--preprocessed-root", str(tmp_path / "pre"),
+                 "-np", "1", "--no-progress"])
+    assert code == 1  # the dataset failed its check, as with 'cps3d check'; 2 is for usage errors
+    assert "unl_000_0000.nii.gz: empty file (0 bytes)" in capsys.readouterr().err
+
+
 def test_cli_accepts_clean_dataset_by_id_and_needs_a_root(clean_dataset, capsys, monkeypatch):
     assert main(["check", "-d", "901", "--raw-root", str(clean_dataset.parent), "--no-progress"]) == 0
     assert "OK (3 labeled, 2 unlabeled, 1 test" in capsys.readouterr().out

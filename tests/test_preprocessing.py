@@ -130,6 +130,23 @@ def test_truncated_and_nan_files_are_refused_without_a_prior_check(project):
     assert not any((unl / f"{c}.b2nd").exists() for c in failed)  # nnU-Net would have stored them with zeros
 
 
+def test_cli_with_skip_check_names_a_truncated_file_and_exits_with_1(project, capsys):
+    from cps3d.cli import main
+
+    ds, pre, plans = project
+    case = sorted(ds.unlabeled_cases())[0]
+    path = ds.unlabeled_cases()[case][0]
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    code = main(["preprocess", "-d", ds.name, "--raw-root", str(ds.folder.parent), "--preprocessed-root", str(pre),
+                 "--skip-check", "-np", "1", "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"preprocessing failed for 1 case(s): {case}" in err and f"{path}: cannot be read, truncated" in err
+
+
 def test_unknown_configuration(project):
     ds, pre, plans = project
     with pytest.raises(ValueError, match="configuration '2d' is not in the plans"):

@@ -51,6 +51,9 @@ class DatasetError(ValueError):
         lines = [f"{len(problems)} problem(s) found in the dataset:"] + [f"  {p}" for p in problems]
         super().__init__("\n".join(lines))
 
+    def __reduce__(self):  # rebuilt from the problems when it comes back from a worker process
+        return type(self), (self.problems,)
+
 
 @dataclass(frozen=True)
 class Problem:

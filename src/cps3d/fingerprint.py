@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cps3d.dataset import RawDataset
+from cps3d.dataset import DatasetError, Problem, RawDataset
 from cps3d.files import read_json, write_json
-from cps3d.images import verify_image
+from cps3d.images import ImageFileError, verify_image
 from cps3d.parallel import imap_cases
 
 log = logging.getLogger(__name__)
@@ -75,17 +75,22 @@ def analyze_case(case_id: str, image_files: list[str], label_file: str | None, r
     ``"samples"``: a list with one float32 array per channel, plus exact per-channel ``"min"``/``"max"`` of the
     voxels the mode considers. ``verify``: read every file in full first (:func:`cps3d.images.verify_image`;
     nnU-Net's reader would take a truncated NIfTI's missing voxels and NaN for zeros); False only for files that
-    just passed ``check_dataset``. Raises ValueError naming a file that fails the verification.
+    just passed ``check_dataset``. Raises DatasetError naming the files that fail the verification.
     """
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 
     if verify:
+        problems = []
         for f in [*image_files, *([label_file] if label_file is not None else [])]:
             try:
                 verify_image(f)
-            except (FileNotFoundError, ValueError) as e:
-                raise ValueError(f"case {case_id}: {e}") from e
+            except FileNotFoundError:
+                problems.append(Problem(f, "file not found"))
+            except ImageFileError as e:
+                problems.append(Problem(e.path, e.problem))
+        if problems:
+            raise DatasetError(problems)
     rw = reader_writer_class()
     try:
         images, props = rw.read_images(image_files)
@@ -173,10 +178,16 @@ def compute_fingerprint(ds: RawDataset, config: FingerprintConfig = FingerprintC
     work = [(k, v["images"], v["label"], rw_class, config, per_case, verify) for k, v in labeled.items()]
     work += [(k, v, None, rw_class, config, per_case, verify) for k, v in unlabeled.items()]
     results: list[dict | None] = [None] * len(work)
+    problems: list[Problem] = []
     for i, r in imap_cases(analyze_case, work, num_processes, desc="Fingerprint", progress=progress):
-        if isinstance(r, BaseException):
+        if isinstance(r, DatasetError):  # files that fail the verification: collect them all
+            problems += r.problems
+        elif isinstance(r, BaseException):
             raise r
-        results[i] = r
+        else:
+            results[i] = r
+    if problems:
+        raise DatasetError(sorted(problems, key=lambda p: p.path))
     done = [r for r in results if r is not None]
     lab = [r for r in done if r["labeled"]]
     n_channels = ds.num_channels

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except CLIError as e:
         print(f"cps3d {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.status
     except KeyboardInterrupt:
         print(f"cps3d {args.command}: interrupted", file=sys.stderr)
         return 130

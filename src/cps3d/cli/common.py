@@ -10,7 +10,12 @@ from typing import NoReturn
 
 
 class CLIError(Exception):
-    """An error the user can fix; the CLI prints it without a traceback and exits with status 2."""
+    """An error the user can fix; the CLI prints it without a traceback and exits with ``status``: 2 (the default)
+    for a usage error (options, missing folders), 1 when the input was checked and some of it failed."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def closest(value: str, candidates: Iterable[str]) -> str | None:
@@ -124,7 +129,8 @@ def checked_dataset(args: argparse.Namespace):
     """The raw dataset named by ``-d`` and the preprocessed root, after the integrity checks of ``cps3d check``
     (skipped with ``--skip-check``; cached: an unchanged dataset that passed before is not read again).
 
-    Returns ``(dataset, raw_root, preprocessed_root)``; dataset problems become a CLIError listing them all.
+    Returns ``(dataset, raw_root, preprocessed_root)``; dataset problems become a CLIError listing them all (exit
+    status 1, as from ``cps3d check``).
     """
     from cps3d.dataset import DatasetError, RawDataset, ensure_checked
 
@@ -134,6 +140,8 @@ def checked_dataset(args: argparse.Namespace):
         ds = RawDataset.from_root(raw, args.dataset)
         if not args.skip_check:
             ensure_checked(ds, os.path.join(pre, ds.name), args.num_processes, not args.no_progress)
-    except (DatasetError, FileNotFoundError, ValueError) as e:
+    except DatasetError as e:
+        raise CLIError(str(e), status=1) from e
+    except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from e
     return ds, raw, pre

@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
                            verify=args.skip_check)  # without --skip-check, check_dataset has just read every file
             print(f"{c}: {s.done} case(s) preprocessed, {s.skipped} already done -> {s.labeled_folder}"
                   + ("" if args.no_unlabeled else f" and {s.unlabeled_folder}"))
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except RuntimeError as e:  # cases that failed (named; the others are stored): status 1
+        raise common.CLIError(str(e), status=1) from e
+    except (FileNotFoundError, ValueError) as e:
         raise common.CLIError(str(e)) from e
     return 0
