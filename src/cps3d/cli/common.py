@@ -49,8 +49,9 @@ class ArgumentParser(argparse.ArgumentParser):
         hints = {}
         for arg in extras:
             name = arg.split("=", 1)[0]
-            if name.startswith("-") and closest(name, options) is not None:
-                hints[name] = closest(name, options)
+            hint = closest(name, options) if name.startswith("-") else None
+            if hint is not None:
+                hints[name] = hint
         if len(hints) == 1:
             hint = f" (did you mean {next(iter(hints.values()))}?)"
         else:
