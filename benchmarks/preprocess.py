@@ -61,7 +61,8 @@ def cps3d_case(out_folder: str, case: str, image_files: list[str], label_file: s
     """cps3d's preprocessing of the same scan as an unlabeled case (the label file is ignored)."""
     from cps3d.preprocessing import preprocess_case
 
-    preprocess_case(out_folder, case, image_files, None, plans, configuration, dataset_json)
+    # verify=False: what 'cps3d preprocess' runs after its dataset check has read every file (measured as before)
+    preprocess_case(out_folder, case, image_files, None, plans, configuration, dataset_json, verify=False)
 
 
 FUNCTIONS = {"nnunet": nnunet_case, "cps3d": cps3d_case}

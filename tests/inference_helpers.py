@@ -45,8 +45,9 @@ def write_scan(path: Path, size_xyz: Sequence[int], spacing: Sequence[float] = (
 
 
 def write_dicom_series(folder: Path, size_xyz: Sequence[int], spacing: Sequence[float],
-                       origin: Sequence[float], seed: int = 0) -> Path:
-    """Write an axial int16 DICOM series (one file per slice, identity orientation) with the given geometry."""
+                       origin: Sequence[float], seed: int = 0, z_offsets: Sequence[float] | None = None) -> Path:
+    """Write an axial int16 DICOM series (one file per slice, identity orientation) with the given geometry.
+    ``z_offsets``: each slice's position above ``origin`` (mm; default k * spacing[2])."""
     arr = np.round(body_array(size_xyz, seed)).astype(np.int16)
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = "1.2.826.0.1.3680043.2.1125.1.42"
@@ -55,7 +56,7 @@ def write_dicom_series(folder: Path, size_xyz: Sequence[int], spacing: Sequence[
     for k in range(arr.shape[0]):
         s = sitk.GetImageFromArray(arr[k])
         s.SetSpacing((float(spacing[0]), float(spacing[1])))
-        position = (origin[0], origin[1], origin[2] + k * spacing[2])
+        position = (origin[0], origin[1], origin[2] + (k * spacing[2] if z_offsets is None else z_offsets[k]))
         tags = {
             "0008|0060": "CT",
             "0008|0016": "1.2.840.10008.5.1.4.1.1.2",

@@ -50,3 +50,43 @@ def test_subcommand_help_documents_its_options(command, capsys):
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == 2
     assert "usage: cps3d" in capsys.readouterr().out
+
+
+def usage_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_mistyped_command_gets_a_suggestion(capsys):
+    err = usage_error(["trian", "-d", "1"], capsys)
+    assert "invalid choice: 'trian'" in err and "(did you mean 'train'?)" in err
+
+
+@pytest.mark.parametrize("argv, usage, hint", [
+    (["train", "-d", "1", "--contine"], "usage: cps3d train", "unrecognized arguments: --contine (did you mean "
+                                                              "--continue?)"),
+    (["predict", "-i", "a", "-o", "b", "-m", "c", "--brnach", "2"], "usage: cps3d predict",
+     "unrecognized arguments: --brnach 2 (did you mean --branch?)"),
+    (["plan", "-d", "1", "--patchsize", "16", "32", "32"], "usage: cps3d plan",
+     "unrecognized arguments: --patchsize 16 32 32 (did you mean --patch-size?)"),
+    (["predict", "-i", "a", "-o", "b", "-m", "c", "--branch", "ensembel"], "usage: cps3d predict",
+     "invalid choice: 'ensembel' (choose from '1', '2', 'ensemble') (did you mean 'ensemble'?)"),
+])
+def test_mistyped_option_is_reported_by_its_command(argv, usage, hint, capsys):
+    err = usage_error(argv, capsys)
+    assert usage in err and hint in err
+
+
+def test_abbreviated_options_are_refused(monkeypatch, tmp_path, capsys):
+    def must_not_run(config):
+        raise AssertionError(f"the demo started with {config}")
+
+    monkeypatch.setattr("cps3d.demo.run_demo", must_not_run)
+    err = usage_error(["demo", "--minute", "3", "--workdir", str(tmp_path)], capsys)  # was --minutes 3... or 15
+    assert "unrecognized arguments: --minute 3 (did you mean --minutes?)" in err
+    err = usage_error(["check", "-d", "1", "--raw-r", str(tmp_path)], capsys)
+    assert "unrecognized arguments: --raw-r" in err and "--raw-root" in err
+    err = usage_error(["--verb", "check", "-d", "1"], capsys)
+    assert "unrecognized arguments: --verb (did you mean --verbose?)" in err

@@ -95,6 +95,14 @@ def test_corrupt_and_truncated_files(ds):
     assert any("cannot be read" in m for m in messages_for(probs, "imagesUnlabeled/unl_000_0000.nii.gz"))
 
 
+def test_empty_file_is_called_empty(ds):
+    (ds / "imagesTr" / "toy_002_0000.nii.gz").write_bytes(b"")
+    (ds / "imagesUnlabeled" / "unl_001_0000.nii.gz").write_bytes(b"")
+    probs = problems_of(ds)
+    assert messages_for(probs, "imagesTr/toy_002_0000.nii.gz") == ["empty file (0 bytes)"]
+    assert messages_for(probs, "imagesUnlabeled/unl_001_0000.nii.gz") == ["empty file (0 bytes)"]
+
+
 def test_nan_and_inf_voxels(ds):
     def poison(im):
         a = sitk.GetArrayFromImage(im).astype(np.float32)
@@ -111,6 +119,20 @@ def test_nan_and_inf_voxels(ds):
     assert any("NaN" in m for m in messages_for(probs, "imagesUnlabeled/unl_001_0000.nii.gz"))
 
 
+def test_2d_images_in_a_3d_dataset(ds, capsys):
+    flat = np.full((48, 48), 40, np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(flat), str(ds / "imagesTr" / "toy_001_0000.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((48, 48), np.uint8)), str(ds / "labelsTr" / "toy_001.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(flat), str(ds / "imagesUnlabeled" / "unl_000_0000.nii.gz"))
+    probs = problems_of(ds)
+    for name in ("imagesTr/toy_001_0000.nii.gz", "imagesUnlabeled/unl_000_0000.nii.gz"):
+        assert messages_for(probs, name) == [
+            "is a 2-D image but the dataset's images are 3-D (2 of 3 labeled images); nnU-Net cannot mix them"]
+    assert len(probs) == 2  # the 2-D label matches its 2-D image: nothing else to say
+    assert main(["check", "-d", ds.name, "--raw-root", str(ds.parent), "--no-progress"]) == 1
+    assert "toy_001_0000.nii.gz: is a 2-D image" in capsys.readouterr().err
+
+
 def test_channel_count(ds):
     # a second channel file that dataset.json does not declare, and a multi-component image
     shutil.copy(ds / "imagesTr" / "toy_000_0000.nii.gz", ds / "imagesTr" / "toy_000_0001.nii.gz")
@@ -119,6 +141,7 @@ def test_channel_count(ds):
     probs = problems_of(ds)
     assert any("not in channel_names" in p.message and "toy_000" in p.path for p in probs)
     assert any("components" in m for m in messages_for(probs, "imagesUnlabeled/unl_000_0000.nii.gz"))
+    assert messages_for(probs, "labelsTr/toy_000.nii.gz") == []  # its image exists: no "label without image"
 
 
 def test_missing_channel_of_a_two_channel_dataset(ds):
@@ -168,6 +191,21 @@ def test_bad_dataset_json(ds):
         RawDataset.load(ds)
 
 
+def test_cli_dataset_json_problems_exit_with_1(ds, capsys):
+    check = ["check", "-d", ds.name, "--raw-root", str(ds.parent), "--no-progress"]
+    (ds / "dataset.json").write_text(json.dumps({"labels": {"background": 0}}))
+    assert main(check) == 1  # a dataset that fails the check, as the README says; 2 is for usage errors
+    err = capsys.readouterr().err
+    assert f"{ds.name}: 3 problem(s):" in err and "dataset.json: missing key 'channel_names'" in err
+    (ds / "dataset.json").write_text("{not json")
+    assert main(check) == 1
+    assert "dataset.json: not valid JSON" in capsys.readouterr().err
+    (ds / "dataset.json").unlink()
+    assert main(check) == 1
+    assert f"{ds / 'dataset.json'}: file not found" in capsys.readouterr().err
+    assert main(["check", "-d", "Dataset902_Nothing", "--raw-root", str(ds.parent)]) == 2  # no such dataset
+
+
 def test_all_problems_reported_at_once_and_cli_exit_code(ds, capsys):
     (ds / "labelsTr" / "toy_001.nii.gz").unlink()
     (ds / "imagesUnlabeled" / "unl_000_0000.nii.gz").write_bytes(b"garbage")
@@ -177,6 +215,15 @@ def test_all_problems_reported_at_once_and_cli_exit_code(ds, capsys):
     assert "2 problem(s)" in err and "toy_001.nii.gz" in err and "unl_000_0000.nii.gz" in err
 
 
+@pytest.mark.parametrize("command", ["plan", "preprocess"])
+def test_plan_and_preprocess_exit_with_1_when_the_check_fails(ds, tmp_path, command, capsys):
+    (ds / "imagesUnlabeled" / "unl_000_0000.nii.gz").write_bytes(b"")
+    code = main([command, "-d", ds.name, "--raw-root", str(ds.parent), "--preprocessed-root", str(tmp_path / "pre"),
+                 "-np", "1", "--no-progress"])
+    assert code == 1  # the dataset failed its check, as with 'cps3d check'; 2 is for usage errors
+    assert "unl_000_0000.nii.gz: empty file (0 bytes)" in capsys.readouterr().err
+
+
 def test_cli_accepts_clean_dataset_by_id_and_needs_a_root(clean_dataset, capsys, monkeypatch):
     assert main(["check", "-d", "901", "--raw-root", str(clean_dataset.parent), "--no-progress"]) == 0
     assert "OK (3 labeled, 2 unlabeled, 1 test" in capsys.readouterr().out
@@ -184,6 +231,19 @@ def test_cli_accepts_clean_dataset_by_id_and_needs_a_root(clean_dataset, capsys,
     assert main(["check", "-d", "901"]) == 2
     err = capsys.readouterr().err
     assert "--raw-root" in err and "nnUNet_raw" in err
+
+
+def test_cli_records_the_passed_check_under_the_resolved_preprocessed_root(ds, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("nnUNet_preprocessed", "~/pre")  # resolved like every other root: ~ expanded
+    assert main(["check", "-d", ds.name, "--raw-root", str(ds.parent), "--no-progress"]) == 0
+    assert (tmp_path / "home" / "pre" / ds.name / "cps3d_check.json").is_file()
+    assert not (tmp_path / "~").exists()
+    monkeypatch.delenv("nnUNet_preprocessed")
+    assert main(["check", "-d", ds.name, "--raw-root", str(ds.parent), "--no-progress",
+                 "--preprocessed-root", "rel"]) == 0
+    assert (tmp_path / "rel" / ds.name / "cps3d_check.json").is_file()
 
 
 def test_dataset_name_resolution(clean_dataset, tmp_path):

@@ -37,3 +37,16 @@ def test_read_json_errors_name_the_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json: not valid JSON"):
         read_json(tmp_path / "bad.json")
+
+
+def test_check_output_folder(tmp_path):
+    from cps3d.files import check_output_folder
+
+    assert check_output_folder(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # nothing is created
+    assert check_output_folder(tmp_path) == tmp_path
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="a_file: the output folder exists and is not a folder"):
+        check_output_folder(tmp_path / "a_file")
+    with pytest.raises(ValueError, match=f"the results cannot be created: {tmp_path / 'a_file'} is a file"):
+        check_output_folder(tmp_path / "a_file" / "sub", "results")

@@ -97,6 +97,19 @@ def test_fingerprint_is_reused_when_inputs_and_settings_are_unchanged(dataset, t
     assert again["cps3d"]["num_unlabeled"] == 0
 
 
+def test_truncated_file_is_refused_by_name(dataset, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(dataset.folder, raw / dataset.name)
+    ds = RawDataset.load(raw / dataset.name)
+    path = ds.unlabeled_cases()[sorted(ds.unlabeled_cases())[0]][0]
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"{path}: cannot be read, truncated"):
+        compute_fingerprint(ds, progress=False)
+
+
 def test_fingerprint_config_is_validated():
     with pytest.raises(ValueError, match="intensity_stats='fg'"):
         FingerprintConfig("fg")

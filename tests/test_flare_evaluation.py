@@ -25,6 +25,8 @@ from cps3d.evaluation.flare import (
     flare_targets,
     format_table,
     load_tolerances,
+    read_grid,
+    read_label_map,
     targets_from_dataset_json,
 )
 from cps3d.evaluation.metrics import normalized_surface_dice
@@ -346,7 +348,7 @@ def test_cli_evaluate_missing_file(tmp_path, capsys):
     pred_dir, ref_dir, _ = make_folders(tmp_path)
     (pred_dir / "case_000.nii.gz").unlink()
     rc = main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "-np", "1", "--no-progress"])
-    assert rc == 2
+    assert rc == 1  # a case failed, not the command line
     err = capsys.readouterr().err
     assert "missing" in err and "case_000.nii.gz" in err
     assert not (pred_dir / "summary.json").exists()
@@ -356,6 +358,36 @@ def test_cli_evaluate_grid_mismatch(tmp_path, capsys):
     pred_dir, ref_dir, cases = make_folders(tmp_path)
     write_label_map(pred_dir / "case_001.nii.gz", cases[1][0], origin=(5.0, 0.0, 0.0))
     rc = main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "-np", "1", "--no-progress"])
-    assert rc == 2
+    assert rc == 1
     err = capsys.readouterr().err
     assert "case_001.nii.gz" in err and "origin" in err
+
+
+def test_cli_evaluate_refuses_a_truncated_prediction(tmp_path, capsys):
+    pred_dir, ref_dir, cases = make_folders(tmp_path)
+    noisy = np.random.default_rng(1).integers(0, 14, cases[2][0].shape).astype(np.uint8)  # compresses badly
+    path = pred_dir / "case_002.nii.gz"
+    write_label_map(path, noisy)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 5])  # the header survives, voxels do not
+    assert read_grid(path).size == (16, 14, 12)  # ITK reads the header and would fill the rest with background
+    rc = main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "-np", "1", "--no-progress"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "1 case(s) failed" in err and f"{path}: cannot be read, truncated or corrupt" in err
+    assert not (pred_dir / "summary.json").exists() and not (pred_dir / "metrics_per_case.csv").exists()
+    with pytest.raises(ValueError, match="case_002.nii.gz: cannot be read, truncated"):
+        read_label_map(path)
+
+
+def test_cli_evaluate_output_that_is_a_file_is_refused_before_scoring(tmp_path, capsys, monkeypatch):
+    pred_dir, ref_dir, _ = make_folders(tmp_path, n=1)
+    (tmp_path / "taken").write_text("a file")
+
+    def must_not_score(*args, **kwargs):
+        raise AssertionError("scored before the output folder was checked")
+
+    monkeypatch.setattr("cps3d.evaluation.flare.evaluate_folders", must_not_score)
+    rc = main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "-o", str(tmp_path / "taken"), "-np",
+               "1", "--no-progress"])
+    assert rc == 2
+    assert f"{tmp_path / 'taken'}: the output folder (-o) exists and is not a folder" in capsys.readouterr().err

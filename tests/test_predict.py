@@ -113,6 +113,25 @@ def test_dicom_series_gives_a_nifti_with_the_series_geometry(model_dir, tmp_path
     np.testing.assert_allclose(direction, LPS, atol=1e-6)
 
 
+def test_broken_dicom_series_fail_by_folder_and_the_others_go_on(model_dir, tmp_path, capsys):
+    scan = write_scan(tmp_path / "scans" / "good_0000.nii.gz", (24, 24, 8))
+    unreadable = write_dicom_series(tmp_path / "unreadable", (20, 20, 10), (1.0, 1.0, 2.5), (0.0, 0.0, 0.0))
+    (unreadable / "slice_004.dcm").write_bytes(b"garbage")  # GDCM leaves it out of the series
+    gap = write_dicom_series(tmp_path / "gap", (20, 20, 10), (1.0, 1.0, 2.5), (0.0, 0.0, 0.0))
+    (gap / "slice_006.dcm").unlink()  # SimpleITK would stack 9 slices 2.78 mm apart
+    out = tmp_path / "out"
+    code = main(["predict", "-i", str(scan.parent), str(unreadable), str(gap), "-o", str(out), "-m", str(model_dir),
+                 "--device", "cpu", "-np", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "2 case(s) failed" in err
+    assert f"unreadable ({unreadable}): 1 file(s) of the folder belong to no DICOM series" in err
+    assert "slice_004.dcm" in err
+    assert f"in {gap}): DICOM series 1.2.826.0.1.3680043.2.1125.1.42 in {gap}: slice(s) missing: 1 between " \
+           "slice_005.dcm and slice_007.dcm (5 mm apart)" in err
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["good.nii.gz"]
+
+
 def test_branch_1_equals_stock_nnunet(model_dir, tmp_path):
     """Forced spacing off, branch 1, step 0.5, mirroring on: the label maps equal nnU-Net's own predictor's."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -210,6 +229,59 @@ def test_unreadable_input_is_reported_and_the_others_go_on(model_dir, tmp_path, 
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temporary files left behind
 
 
+def test_truncated_nan_and_2d_scans_fail_by_name_and_the_others_go_on(model_dir, tmp_path, capsys):
+    scans = tmp_path / "scans"
+    write_scan(scans / "good_0000.nii.gz", (24, 24, 8))
+    cut = write_scan(scans / "cut_0000.nii.gz", (24, 24, 8), seed=1)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # nnU-Net's reader fills the lost half with 0
+    nan = write_scan(scans / "nan_0000.nii.gz", (24, 24, 8), dtype=np.float32, seed=2)
+    image = sitk.ReadImage(str(nan))
+    voxels = sitk.GetArrayFromImage(image)
+    voxels[3, 4, :5] = np.nan
+    voxels[0, 0, 0] = np.inf
+    poisoned = sitk.GetImageFromArray(voxels)
+    poisoned.CopyInformation(image)
+    sitk.WriteImage(poisoned, str(nan))  # nnU-Net's reader turns NaN and inf into 0
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((24, 24), 40, np.int16)), str(scans / "flat_0000.nii.gz"))
+    (scans / "empty_0000.nii.gz").write_bytes(b"")
+    out = tmp_path / "out"
+    code = main(["predict", "-i", str(scans), "-o", str(out), "-m", str(model_dir), "--device", "cpu", "-np", "1",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "4 case(s) failed" in err
+    assert f"{cut}: cannot be read, truncated or corrupt" in err
+    assert f"{nan}: contains 6 NaN or infinite voxel(s)" in err
+    assert f"{scans / 'flat_0000.nii.gz'}: is a 2-D image (size (24, 24)); 3-D images are expected" in err
+    assert f"{scans / 'empty_0000.nii.gz'}: empty file (0 bytes)" in err
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["good.nii.gz"]
+    summary = json.loads((out / "cps3d_predict.json").read_text())
+    assert sorted(f["case_id"] for f in summary["failed"]) == ["cut", "empty", "flat", "nan"]
+
+
+def test_output_that_is_a_file_is_refused_before_any_work(model_dir, tmp_path, capsys):
+    scan = write_scan(tmp_path / "s" / "c_0000.nii.gz", (20, 20, 6))
+    (tmp_path / "taken").write_text("a file, not a folder")
+    base = ["predict", "-i", str(scan), "-m", str(model_dir), "--device", "cpu", "-np", "1", "--no-progress"]
+    assert main(base + ["-o", str(tmp_path / "taken")]) == 2
+    assert f"{tmp_path / 'taken'}: the output folder exists and is not a folder" in capsys.readouterr().err
+    assert main(base + ["-o", str(tmp_path / "out"), "--profile", str(tmp_path / "taken" / "prof")]) == 2
+    assert "profile folder (--profile) cannot be created" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_input_folder_writes_nothing(model_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    code = main(["predict", "-i", str(tmp_path / "empty"), "-o", str(out), "-m", str(model_dir), "--device", "cpu",
+                 "-np", "1", "--no-progress"])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert f"({tmp_path / 'empty'}): no scans found" in captured.err
+    assert "0 case(s) predicted, 0 skipped (output exists), 1 failed; nothing written" in captured.out
+    assert not out.exists()  # no dataset.json, plans.json or cps3d_predict.json of a run that did nothing
+
+
 def test_existing_outputs_are_skipped_unless_overwrite(model_dir, tmp_path):
     scans = tmp_path / "scans"
     for i in range(3):
@@ -255,11 +327,27 @@ def test_profile_and_protocol_flags(model_dir, tmp_path):
     assert code == 0
     data = json.loads((prof / "profile.json").read_text())
     assert data["command"] == "cps3d predict"
+    assert data["gpu_allowance_mb"] == 2048  # FLARE's, as in 'cps3d profile' and the demo
     assert (prof / "cases.csv").read_text().splitlines()[1].startswith("c,")  # one row, for case c
     # --protocol paper sets step 0.7 and forced spacing paper; the explicit --tta wins over its "no TTA"
     config = json.loads((tmp_path / "o" / "cps3d_predict.json").read_text())["config"]
     assert config["step_size"] == 0.7 and config["use_mirroring"] is True
     assert config["forced_spacing"]["sz"] == 0.5
+
+
+def test_saved_properties_give_the_scans_own_spacing_under_forced_spacing(model_dir, tmp_path):
+    import pickle
+
+    scan = write_scan(tmp_path / "s" / "c_0000.nii.gz", (40, 36, 12), (1.2, 1.4, 3.0))
+    report = predict([scan], tmp_path / "out", model_dir,
+                     PredictConfig(forced_spacing=PRESETS["paper"], save_probabilities=True, **QUIET))
+    assert not report.failed and report.predicted[0].assumed_spacing == pytest.approx([0.75, 0.75, 3.0])
+    with open(tmp_path / "out" / "c.pkl", "rb") as f:
+        properties = pickle.load(f)
+    # array order (z, y, x): the grid the probabilities and the label map are on, not the spacing assumed
+    assert properties["spacing"] == pytest.approx([3.0, 1.4, 1.2])
+    assert properties["cps3d_assumed_spacing"] == pytest.approx([3.0, 0.75, 0.75])
+    assert np.load(tmp_path / "out" / "c.npz")["probabilities"].shape[1:] == (12, 36, 40)
 
 
 def test_postprocessing_keeps_one_component_per_label(model_dir, tmp_path):

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cps3d.inference.inputs import Case, list_cases, select_part
+from cps3d.inference.inputs import Case, list_cases, read_dicom_series, select_part
 from cps3d.inference.postprocessing import Postprocessing, keep_largest_component, keep_largest_component_of_union
 from cps3d.inference.predictor import PROTOCOLS, PredictConfig
-from inference_helpers import PLI, write_scan
+from inference_helpers import PLI, write_dicom_series, write_scan
 
 ENDINGS = [".nii.gz", ".nrrd", ".mha"]
 
@@ -71,6 +72,52 @@ def test_select_part_is_disjoint_and_complete():
         assert shares[0] == ids[::n]
     with pytest.raises(ValueError, match="part_id"):
         select_part(cases, 3, 3)
+
+
+def dicom_case(folder: Path) -> Case:
+    cases, problems = list_cases([folder], ENDINGS, 1)
+    assert not problems and len(cases) == 1
+    return cases[0]
+
+
+def test_dicom_series_with_an_unreadable_slice_fails_by_folder(tmp_path):
+    series = write_dicom_series(tmp_path / "patient1", (12, 10, 8), (1.0, 1.0, 2.5), (0.0, 0.0, 0.0))
+    first = series / "slice_000.dcm"  # the first slice: the positions of the others cannot show the loss
+    first.write_bytes(first.read_bytes()[:300])
+    (series / "slice_005.dcm").write_bytes(b"")
+    (series / "notes.txt").write_text("not a slice, not a problem")
+    cases, problems = list_cases([series], ENDINGS, 1)
+    assert cases == []
+    assert [(p.path, p.case_id) for p in problems] == [(str(series), "patient1")]
+    assert problems[0].message.startswith("2 file(s) of the folder belong to no DICOM series (unreadable: "
+                                          "truncated, corrupt or empty): slice_000.dcm, slice_005.dcm (empty)")
+
+
+@pytest.mark.parametrize("z_offsets, expected", [
+    ([0.0, 2.5, 5.0, 12.5, 15.0, 17.5],
+     re.escape("slice(s) missing: 2 between slice_002.dcm and slice_003.dcm (7.5 mm apart) (the slice spacing is "
+               "2.5 mm)")),
+    ([0.0, 2.5, 5.0, 6.0, 8.5, 11.0],
+     re.escape("slices are not evenly spaced: steps from 1 to 2.5 mm along the slice normal (median 2.5 mm), first "
+               "at slice_002.dcm")),
+    ([0.0, 2.5, 5.0, 5.0, 7.5, 10.0],  # the two files at 45 mm come in either order
+     r"slice_00[23]\.dcm and slice_00[23]\.dcm are at the same position \(45 mm along the slice normal\)"),
+], ids=["missing", "uneven", "duplicate"])
+def test_dicom_series_with_missing_or_unevenly_spaced_slices(tmp_path, z_offsets, expected):
+    series = write_dicom_series(tmp_path / "patient2", (12, 10, 6), (1.0, 1.0, 2.5), (0.0, 0.0, 40.0),
+                                z_offsets=z_offsets)
+    case = dicom_case(series)
+    assert len(case.files) == 6  # every file is listed: only the positions show the problem
+    with pytest.raises(ValueError) as e:
+        read_dicom_series(case)
+    assert re.match(re.escape(f"DICOM series {case.series_id} in {series}: ") + expected, str(e.value)), str(e.value)
+
+
+def test_evenly_spaced_dicom_series_reads_on_its_grid(tmp_path):
+    series = write_dicom_series(tmp_path / "p", (12, 10, 6), (0.8, 0.9, 2.5), (1.0, 2.0, 40.0))
+    array, properties = read_dicom_series(dicom_case(series))
+    assert array.shape == (1, 6, 10, 12)
+    assert properties["spacing"] == pytest.approx([2.5, 0.9, 0.8])
 
 
 # ----------------------------------------------------------------------------------------------------- export

@@ -109,6 +109,44 @@ def test_a_failing_case_is_named_and_the_others_are_kept(project):
     assert len(list(lab.glob("*_seg.b2nd"))) == len(ds.labeled_cases())
 
 
+def test_truncated_and_nan_files_are_refused_without_a_prior_check(project):
+    ds, pre, plans = project
+    cut, poisoned = (ds.unlabeled_cases()[c][0] for c in sorted(ds.unlabeled_cases())[:2])
+    with open(cut, "rb") as f:
+        data = f.read()
+    with open(cut, "wb") as f:
+        f.write(data[: len(data) // 2])
+    image = sitk.ReadImage(poisoned)
+    voxels = sitk.GetArrayFromImage(image).astype(np.float32)
+    voxels[2, 3, 4] = np.nan
+    out = sitk.GetImageFromArray(voxels)
+    out.CopyInformation(image)
+    sitk.WriteImage(out, poisoned)
+    with pytest.raises(RuntimeError, match="preprocessing failed for 2 case") as e:
+        preprocess(ds, pre, plans, "3d_fullres", progress=False)
+    failed = sorted(ds.unlabeled_cases())[:2]
+    assert all(c in str(e.value) for c in failed)
+    unl = unlabeled_folder(pre / ds.name / plans["configurations"]["3d_fullres"]["data_identifier"])
+    assert not any((unl / f"{c}.b2nd").exists() for c in failed)  # nnU-Net would have stored them with zeros
+
+
+def test_cli_with_skip_check_names_a_truncated_file_and_exits_with_1(project, capsys):
+    from cps3d.cli import main
+
+    ds, pre, plans = project
+    case = sorted(ds.unlabeled_cases())[0]
+    path = ds.unlabeled_cases()[case][0]
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    code = main(["preprocess", "-d", ds.name, "--raw-root", str(ds.folder.parent), "--preprocessed-root", str(pre),
+                 "--skip-check", "-np", "1", "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"preprocessing failed for 1 case(s): {case}" in err and f"{path}: cannot be read, truncated" in err
+
+
 def test_unknown_configuration(project):
     ds, pre, plans = project
     with pytest.raises(ValueError, match="configuration '2d' is not in the plans"):

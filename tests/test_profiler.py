@@ -110,8 +110,19 @@ def test_cli_profile_passes_exit_code(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "running time" in err and "exit code 5" in err
     assert (out / "profile.json").is_file() and (out / "samples.csv").is_file()
+    assert json.loads((out / "profile.json").read_text())["gpu_allowance_mb"] == 2048  # FLARE's, by default
     assert main(["profile", "-o", str(out), "--", "cps3d-no-such-command-xyz"]) == 127
     assert main(["profile", "-o", str(out)]) == 2  # no command
+
+
+def test_cli_profile_output_that_is_a_file_is_refused_before_the_command_runs(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    marker = tmp_path / "ran"
+    rc = main(["profile", "-o", str(tmp_path / "taken"), "--no-plot", "--",
+               sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"])
+    assert rc == 2
+    assert f"{tmp_path / 'taken'}: the output folder (-o) exists and is not a folder" in capsys.readouterr().err
+    assert not marker.exists()
 
 
 def test_in_process_cases(tmp_path):

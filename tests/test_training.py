@@ -228,6 +228,32 @@ def test_train_config_validation():
         TrainConfig.from_dict({"epochz": 3})
 
 
+def test_fold_must_exist_in_the_split(tmp_path, capsys):
+    from cps3d.cli import main
+    from cps3d.training.run import check_fold
+
+    pre = tmp_path / "pre"
+    (pre / "Dataset901_Toy").mkdir(parents=True)
+    base = ["train", "-d", "901", "--preprocessed-root", str(pre), "--results-root", str(tmp_path / "res"),
+            "--device", "cpu"]
+    assert main(base + ["-f", "7"]) == 2  # nnU-Net would train it on a random 80:20 split
+    assert "fold 7: choose 0-4 (nnU-Net's 5-fold split) or 'all'" in capsys.readouterr().err
+    assert main(base + ["-f", "-1"]) == 2
+    assert "--fold '-1': give a number" in capsys.readouterr().err
+    assert [check_fold(f, pre, "Dataset901_Toy") for f in ("0", "4", 3, "all")] == [0, 4, 3, "all"]
+    splits = pre / "Dataset901_Toy" / "splits_final.json"
+    splits.write_text(json.dumps([{"train": ["a"], "val": ["b"]}] * 8))  # a split of its own with more folds
+    assert check_fold("7", pre, "Dataset901_Toy") == 7
+    with pytest.raises(ValueError, match=r"fold 8: choose 0-7 \(the 8 fold\(s\) of .*splits_final.json\)"):
+        check_fold(8, pre, "Dataset901_Toy")
+    splits.write_text(json.dumps([{"train": ["a"], "val": ["b"]}] * 3))
+    assert main(base + ["-f", "3"]) == 2
+    assert "fold 3: choose 0-2 (the 3 fold(s) of" in capsys.readouterr().err
+    splits.write_text("{}")
+    with pytest.raises(ValueError, match="splits_final.json: expected a non-empty list of folds"):
+        check_fold(0, pre, "Dataset901_Toy")
+
+
 def test_lambda_warm_up_reaches_the_trainer(tiny_project, tmp_path):
     config = TrainConfig(epochs=8, lambda_ramp_epochs=2, lambda_start_epoch=3, **QUICK)
     trainer = make_trainer(tiny_project, tmp_path, config)

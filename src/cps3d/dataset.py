@@ -17,13 +17,14 @@ import hashlib
 import logging
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from cps3d.files import read_json, write_json
+from cps3d.images import ImageFileError, ImageInfo, read_image_checked, read_image_info
 from cps3d.parallel import imap_cases
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ class DatasetError(ValueError):
         self.problems = problems
         lines = [f"{len(problems)} problem(s) found in the dataset:"] + [f"  {p}" for p in problems]
         super().__init__("\n".join(lines))
+
+    def __reduce__(self):  # rebuilt from the problems when it comes back from a worker process
+        return type(self), (self.problems,)
 
 
 @dataclass(frozen=True)
@@ -113,11 +117,20 @@ class RawDataset:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> RawDataset:
+        """Read a dataset folder's ``dataset.json``. Raises FileNotFoundError if the folder does not exist and
+        DatasetError if its dataset.json is missing, not valid JSON or lacks what cps3d and nnU-Net need."""
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: dataset folder not found")
-        dj = read_json(folder / "dataset.json")
-        problems = validate_dataset_json(dj, str(folder / "dataset.json"))
+        path = folder / "dataset.json"
+        if not path.is_file():
+            raise DatasetError([Problem(str(path), "file not found (every dataset needs one: channel_names, labels, "
+                                                   "numTraining, file_ending)")])
+        try:
+            dj = read_json(path)
+        except ValueError as e:
+            raise DatasetError([Problem(str(path), str(e).removeprefix(f"{path}: "))]) from e
+        problems = validate_dataset_json(dj, str(path))
         if problems:
             raise DatasetError(problems)
         return cls(folder, dj)
@@ -205,8 +218,8 @@ def validate_dataset_json(dj: object, where: str) -> list[Problem]:
     return problems
 
 
-def list_image_cases(folder: Path, file_ending: str, num_channels: int) -> tuple[dict[str, list[str]], list[Problem]]:
-    """Group ``CASE_XXXX<ending>`` files of ``folder`` into cases; report misnamed files and missing channels."""
+def _channel_files(folder: Path, file_ending: str) -> tuple[dict[str, dict[int, str]], list[Problem]]:
+    """``{case: {channel index: path}}`` of the ``CASE_XXXX<ending>`` files of ``folder``, and misnamed files."""
     cases: dict[str, dict[int, str]] = {}
     problems = []
     if not folder.is_dir():
@@ -225,6 +238,12 @@ def list_image_cases(folder: Path, file_ending: str, num_channels: int) -> tuple
             problems.append(Problem(str(path), f"name must be CASE_XXXX{file_ending} (XXXX = 4-digit channel index)"))
             continue
         cases.setdefault(m.group(1), {})[int(m.group(2))] = str(path)
+    return cases, problems
+
+
+def list_image_cases(folder: Path, file_ending: str, num_channels: int) -> tuple[dict[str, list[str]], list[Problem]]:
+    """Group ``CASE_XXXX<ending>`` files of ``folder`` into cases; report misnamed files and missing channels."""
+    cases, problems = _channel_files(folder, file_ending)
     complete = {}
     for case, channels in cases.items():
         expected = set(range(num_channels))
@@ -273,7 +292,8 @@ def check_layout(ds: RawDataset) -> list[Problem]:
     for case in sorted(set(images) - labels):
         if lab_dir.is_dir():
             problems.append(Problem(str(lab_dir / f"{case}{ds.file_ending}"), f"missing: image case {case} has no label"))
-    for case in sorted(labels - set(images)):
+    named = set(_channel_files(img_dir, ds.file_ending)[0])  # cases with a channel problem have images too
+    for case in sorted(labels - named):
         problems.append(Problem(str(lab_dir / f"{case}{ds.file_ending}"),
                                 f"label without image: expected {img_dir / (case + '_0000' + ds.file_ending)}"))
     if ds.dataset_json.get("numTraining") != len(images) and not p:
@@ -310,68 +330,62 @@ def _fmt(v: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
-
-
-def _read_header(path: str, problems: list[Problem]) -> sitk.ImageFileReader | None:
-    if not os.path.isfile(path):
+def _info(path: str, problems: list[Problem]) -> ImageInfo | None:
+    """The header of ``path``, or None with the problem recorded."""
+    try:
+        return read_image_info(path)
+    except FileNotFoundError:
         problems.append(Problem(path, "file not found"))
-        return None
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
+    except ImageFileError as e:
+        problems.append(Problem(e.path, e.problem))
+    return None
+
+
+def _voxels(path: str, problems: list[Problem]) -> np.ndarray | None:
+    """Every voxel of ``path`` after the checks of :func:`cps3d.images.read_image_checked` (truncation, NaN/inf,
+    one component), or None with the problem recorded."""
     try:
-        reader.ReadImageInformation()
-    except Exception as e:  # SimpleITK raises RuntimeError with its own text for unreadable files
-        problems.append(Problem(path, "cannot be read: " + _first_line(e)))
-        return None
-    return reader
+        return read_image_checked(path)[1]
+    except FileNotFoundError:
+        problems.append(Problem(path, "file not found"))
+    except ImageFileError as e:
+        problems.append(Problem(e.path, e.problem))
+    return None
 
 
-def _read_voxels(path: str, problems: list[Problem]) -> np.ndarray | None:
-    """All voxels as stored. NIfTI goes through nibabel: ITK's NIfTI reader silently turns NaN/inf into 0 and does
-    not notice a truncated .nii.gz, and we want to report both."""
-    try:
-        if path.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            return np.asanyarray(nib.load(path).dataobj)
-        return sitk.GetArrayFromImage(sitk.ReadImage(path))
-    except Exception as e:
-        problems.append(Problem(path, "cannot be read (truncated or corrupt?): " + _first_line(e)))
-        return None
+def _geometry(info: ImageInfo) -> _Geometry:
+    return _Geometry(info.size, info.spacing, info.origin, info.direction)
 
 
-def _geometry(reader: sitk.ImageFileReader) -> _Geometry:
-    return _Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
-                     tuple(reader.GetDirection()))
-
-
-def check_case(images: list[str], label: str | None, allowed_labels: set[int] | None) -> list[Problem]:
-    """Read one case and report every problem: unreadable or truncated files, multi-component files, NaN/inf voxels,
+def check_case(images: list[str], label: str | None, allowed_labels: set[int] | None,
+               dimension: int | None = None) -> list[Problem]:
+    """Read one case and report every problem: missing, empty, unreadable or truncated files, multi-component
+    files, NaN/inf voxels, images whose number of dimensions is not ``dimension`` (the dataset's, when given),
     geometry that differs between channels or between image and label, label values not declared in
     ``dataset.json``."""
+    return _check_case(images, label, allowed_labels, dimension)[0]
+
+
+def _check_case(images: list[str], label: str | None, allowed_labels: set[int] | None,
+                dimension: int | None) -> tuple[list[Problem], list[int | None]]:
+    """:func:`check_case`, and the number of dimensions of each image (None: header unreadable)."""
     problems: list[Problem] = []
+    dims: list[int | None] = []
     reference: _Geometry | None = None
     for path in images:
-        header = _read_header(path, problems)
+        header = _info(path, problems)
+        dims.append(None if header is None else header.dimension)
         if header is None:
             continue
-        if header.GetNumberOfComponents() != 1:
-            problems.append(Problem(path, f"has {header.GetNumberOfComponents()} components per voxel; "
-                                          "store each channel as its own CASE_XXXX file"))
+        if header.dimension not in (2, 3):
+            problems.append(Problem(path, f"is {header.dimension}-D; only 2-D and 3-D images are supported"))
             continue
-        if header.GetDimension() not in (2, 3):
-            problems.append(Problem(path, f"is {header.GetDimension()}-D; only 2-D and 3-D images are supported"))
+        if dimension is not None and header.dimension != dimension:
+            problems.append(Problem(path, f"is a {header.dimension}-D image (size {header.size}) but the dataset's "
+                                          f"images are {dimension}-D"))
             continue
-        arr = _read_voxels(path, problems)
-        if arr is None:
+        if _voxels(path, problems) is None:
             continue
-        if np.issubdtype(arr.dtype, np.floating):
-            n_bad = int(np.count_nonzero(~np.isfinite(arr)))
-            if n_bad:
-                problems.append(Problem(path, f"contains {n_bad} NaN or infinite voxel(s)"))
         geom = _geometry(header)
         if reference is None:
             reference = geom
@@ -379,31 +393,27 @@ def check_case(images: list[str], label: str | None, allowed_labels: set[int] | 
             for d in reference.differences(geom):
                 problems.append(Problem(path, f"geometry differs from channel 0 ({images[0]}): {d}"))
     if label is None:
-        return problems
-    header = _read_header(label, problems)
+        return problems, dims
+    header = _info(label, problems)
     if header is None:
-        return problems
-    if header.GetNumberOfComponents() != 1:
+        return problems, dims
+    if header.components != 1:
         problems.append(Problem(label, "label map must have one component per voxel"))
-        return problems
+        return problems, dims
     if reference is not None:
         for d in reference.differences(_geometry(header)):
             problems.append(Problem(label, f"geometry differs from its image ({images[0]}): {d}"))
-    arr = _read_voxels(label, problems)
+    arr = _voxels(label, problems)
     if arr is None:
-        return problems
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)):
-            problems.append(Problem(label, "label map contains NaN or infinite values"))
-            return problems
-        if not np.all(arr == np.round(arr)):
-            problems.append(Problem(label, "label map contains non-integer values"))
-            return problems
+        return problems, dims
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(arr == np.round(arr)):
+        problems.append(Problem(label, "label map contains non-integer values"))
+        return problems, dims
     values = set(np.unique(arr).astype(np.int64).tolist())
     if allowed_labels is not None and not values <= allowed_labels:
         problems.append(Problem(label, f"label value(s) {sorted(values - allowed_labels)} are not declared in "
                                        f"dataset.json (declared: {sorted(allowed_labels)})"))
-    return problems
+    return problems, dims
 
 
 def check_dataset(ds: RawDataset, num_processes: int = 1, progress: bool = True, unlabeled: bool = True,
@@ -411,19 +421,32 @@ def check_dataset(ds: RawDataset, num_processes: int = 1, progress: bool = True,
     """Run every check on a raw dataset and return all problems found (empty list: the dataset is usable).
 
     Labeled cases: image/label pairing, readability, channel count, geometry agreement, declared label values,
-    NaN/inf. Unlabeled (and test) cases: readability, channel count, channel geometry, NaN/inf.
+    NaN/inf. Unlabeled (and test) cases: readability, channel count, channel geometry, NaN/inf. Every image must
+    have the dataset's number of dimensions: that of most labeled images (nnU-Net cannot mix 2-D and 3-D images).
     """
     problems = check_layout(ds)
     allowed = ds.label_values
-    work: list[tuple] = [(v["images"], v["label"], allowed) for v in ds.labeled_cases().values()]
+    work: list[tuple] = [(v["images"], v["label"], allowed, None) for v in ds.labeled_cases().values()]
+    n_labeled = len(work)
     if unlabeled:
-        work += [(v, None, None) for v in ds.unlabeled_cases().values()]
+        work += [(v, None, None, None) for v in ds.unlabeled_cases().values()]
     if test:
-        work += [(v["images"], v["label"], allowed) for v in ds.test_cases().values()]
-    for _, result in imap_cases(check_case, work, num_processes, desc=f"Checking {ds.name}", progress=progress):
+        work += [(v["images"], v["label"], allowed, None) for v in ds.test_cases().values()]
+    results: list[tuple[list[Problem], list[int | None]]] = [([], [])] * len(work)
+    for i, result in imap_cases(_check_case, work, num_processes, desc=f"Checking {ds.name}", progress=progress):
         if isinstance(result, BaseException):
             raise result
-        problems += result
+        results[i] = result
+    labeled_dims = Counter(d for _, dims in results[:n_labeled] for d in dims if d in (2, 3))
+    # ties go to 3-D, the usual case
+    dimension = max(labeled_dims, key=lambda d: (labeled_dims[d], d)) if labeled_dims else None
+    for (images, *_), (case_problems, dims) in zip(work, results):
+        problems += case_problems
+        for path, d in zip(images, dims):
+            if dimension is not None and d in (2, 3) and d != dimension:
+                problems.append(Problem(path, f"is a {d}-D image but the dataset's images are {dimension}-D "
+                                              f"({labeled_dims[dimension]} of {sum(labeled_dims.values())} "
+                                              "labeled images); nnU-Net cannot mix them"))
     return problems
 
 

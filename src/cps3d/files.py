@@ -76,3 +76,21 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def check_output_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Check, before any work is done, that ``path`` is or can become a folder to write into; creates nothing.
+
+    Raises ValueError naming the path when it exists and is not a folder, when the nearest existing parent is a
+    file (so no folder can be made there), or when the folder that would be written into is not writable.
+    Returns ``path`` (user-expanded).
+    """
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{path}: the {what} exists and is not a folder; give a folder (it is created if missing)")
+    existing = next(a for a in (p.absolute(), *p.absolute().parents) if a.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{path}: the {what} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: the {what} cannot be written: no write permission in {existing}")
+    return p

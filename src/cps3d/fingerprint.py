@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cps3d.dataset import RawDataset
+from cps3d.dataset import DatasetError, Problem, RawDataset
 from cps3d.files import read_json, write_json
+from cps3d.images import ImageFileError, verify_image
 from cps3d.parallel import imap_cases
 
 log = logging.getLogger(__name__)
@@ -67,16 +68,29 @@ def _case_rng(seed: int, case_id: str) -> np.random.Generator:
 
 
 def analyze_case(case_id: str, image_files: list[str], label_file: str | None, reader_writer_class: type,
-                 config: FingerprintConfig, num_samples: int) -> dict:
+                 config: FingerprintConfig, num_samples: int, verify: bool = True) -> dict:
     """Read one case and return its geometry and sampled intensities per channel.
 
     Returns ``{"shape_after_crop", "spacing", "relative_size_after_cropping"}`` (labeled cases only, else None) and
     ``"samples"``: a list with one float32 array per channel, plus exact per-channel ``"min"``/``"max"`` of the
-    voxels the mode considers.
+    voxels the mode considers. ``verify``: read every file in full first (:func:`cps3d.images.verify_image`;
+    nnU-Net's reader would take a truncated NIfTI's missing voxels and NaN for zeros); False only for files that
+    just passed ``check_dataset``. Raises DatasetError naming the files that fail the verification.
     """
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 
+    if verify:
+        problems = []
+        for f in [*image_files, *([label_file] if label_file is not None else [])]:
+            try:
+                verify_image(f)
+            except FileNotFoundError:
+                problems.append(Problem(f, "file not found"))
+            except ImageFileError as e:
+                problems.append(Problem(e.path, e.problem))
+        if problems:
+            raise DatasetError(problems)
     rw = reader_writer_class()
     try:
         images, props = rw.read_images(image_files)
@@ -146,8 +160,9 @@ def input_content_key(ds: RawDataset, include_unlabeled: bool) -> str:
 
 
 def compute_fingerprint(ds: RawDataset, config: FingerprintConfig = FingerprintConfig(), num_processes: int = 1,
-                        progress: bool = True) -> dict:
-    """Compute the fingerprint of ``ds`` (see the module docstring); nothing is written."""
+                        progress: bool = True, verify: bool = True) -> dict:
+    """Compute the fingerprint of ``ds`` (see the module docstring); nothing is written. ``verify``: see
+    :func:`analyze_case`."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     labeled = ds.labeled_cases()
@@ -160,13 +175,19 @@ def compute_fingerprint(ds: RawDataset, config: FingerprintConfig = FingerprintC
         per_case = int(NNUNET_FOREGROUND_SAMPLES // len(labeled))
     else:
         per_case = max(1, config.samples_total // (len(labeled) + len(unlabeled)))
-    work = [(k, v["images"], v["label"], rw_class, config, per_case) for k, v in labeled.items()]
-    work += [(k, v, None, rw_class, config, per_case) for k, v in unlabeled.items()]
+    work = [(k, v["images"], v["label"], rw_class, config, per_case, verify) for k, v in labeled.items()]
+    work += [(k, v, None, rw_class, config, per_case, verify) for k, v in unlabeled.items()]
     results: list[dict | None] = [None] * len(work)
+    problems: list[Problem] = []
     for i, r in imap_cases(analyze_case, work, num_processes, desc="Fingerprint", progress=progress):
-        if isinstance(r, BaseException):
+        if isinstance(r, DatasetError):  # files that fail the verification: collect them all
+            problems += r.problems
+        elif isinstance(r, BaseException):
             raise r
-        results[i] = r
+        else:
+            results[i] = r
+    if problems:
+        raise DatasetError(sorted(problems, key=lambda p: p.path))
     done = [r for r in results if r is not None]
     lab = [r for r in done if r["labeled"]]
     n_channels = ds.num_channels
@@ -209,11 +230,11 @@ def fingerprint_path(preprocessed_root: str | os.PathLike, dataset_name: str) ->
 
 def ensure_fingerprint(ds: RawDataset, preprocessed_root: str | os.PathLike,
                        config: FingerprintConfig = FingerprintConfig(), num_processes: int = 1,
-                       progress: bool = True, overwrite: bool = False) -> dict:
+                       progress: bool = True, overwrite: bool = False, verify: bool = True) -> dict:
     """Return the fingerprint of ``ds``, computing and writing it (atomically) unless an up-to-date one exists.
 
     An existing fingerprint is reused when it was made with the same settings from the same files (names, sizes,
-    modification times); otherwise it is recomputed and replaced.
+    modification times); otherwise it is recomputed and replaced. ``verify``: see :func:`analyze_case`.
     """
     path = fingerprint_path(preprocessed_root, ds.name)
     if path.is_file() and not overwrite:
@@ -226,7 +247,7 @@ def ensure_fingerprint(ds: RawDataset, preprocessed_root: str | os.PathLike,
         if same and meta.get("content_key") == input_content_key(ds, config.intensity_stats != "foreground"):
             log.info("Reusing the fingerprint in %s (same settings, same files)", path)
             return old
-    fp = compute_fingerprint(ds, config, num_processes, progress)
+    fp = compute_fingerprint(ds, config, num_processes, progress, verify)
     write_json(path, fp)
     for c, (lo, hi) in clip_windows(fp).items():
         p = fp["foreground_intensity_properties_per_channel"][c]

@@ -26,6 +26,7 @@ import numpy as np
 
 from cps3d.dataset import RawDataset
 from cps3d.files import read_json, write_json
+from cps3d.images import verify_image
 from cps3d.parallel import imap_cases
 
 log = logging.getLogger(__name__)
@@ -59,12 +60,22 @@ def is_case_complete(folder: Path, case: str) -> bool:
 
 
 def preprocess_case(out_folder: str, case: str, image_files: list[str], label_file: str | None, plans: dict,
-                    configuration: str, dataset_json: dict) -> tuple[int, ...]:
-    """Preprocess one case with nnU-Net's DefaultPreprocessor and store it atomically; returns the stored shape."""
+                    configuration: str, dataset_json: dict, verify: bool = True) -> tuple[int, ...]:
+    """Preprocess one case with nnU-Net's DefaultPreprocessor and store it atomically; returns the stored shape.
+
+    ``verify``: read every file in full first (:func:`cps3d.images.verify_image`: nnU-Net's reader would take a
+    truncated NIfTI's missing voxels and NaN for zeros); False only for files that just passed ``check_dataset``.
+    Raises RuntimeError naming the case and the file."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    if verify:
+        for f in [*image_files, *([label_file] if label_file is not None else [])]:
+            try:
+                verify_image(f)
+            except (FileNotFoundError, ValueError) as e:
+                raise RuntimeError(f"case {case}: {e}") from e
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
     try:
@@ -134,10 +145,12 @@ def copy_gt_segmentations(ds: RawDataset, preprocessed_dataset_folder: Path) -> 
 
 
 def preprocess(ds: RawDataset, preprocessed_root: str | os.PathLike, plans: dict, configuration: str,
-               num_processes: int = 1, progress: bool = True, unlabeled: bool = True) -> PreprocessSummary:
+               num_processes: int = 1, progress: bool = True, unlabeled: bool = True,
+               verify: bool = True) -> PreprocessSummary:
     """Preprocess the labeled (and unlabeled) cases of ``ds`` for one configuration of ``plans``.
 
-    Cases already complete are skipped. Raises RuntimeError listing the cases that failed (the others are kept).
+    Cases already complete are skipped. ``verify``: see :func:`preprocess_case`. Raises RuntimeError listing the
+    cases that failed (the others are kept).
     """
     if configuration not in plans["configurations"]:
         raise ValueError(f"configuration {configuration!r} is not in the plans (has: {sorted(plans['configurations'])})")
@@ -160,14 +173,15 @@ def preprocess(ds: RawDataset, preprocessed_root: str | os.PathLike, plans: dict
         if is_case_complete(lab_folder, case):
             skipped += 1
         else:
-            work.append((str(lab_folder), case, v["images"], v["label"], plans, configuration, dataset_json))
+            work.append((str(lab_folder), case, v["images"], v["label"], plans, configuration, dataset_json,
+                         verify))
     if unlabeled:
         _prepare_folder(unl_folder, key, ds.name, configuration)
         for case, images in ds.unlabeled_cases().items():
             if is_case_complete(unl_folder, case):
                 skipped += 1
             else:
-                work.append((str(unl_folder), case, images, None, plans, configuration, dataset_json))
+                work.append((str(unl_folder), case, images, None, plans, configuration, dataset_json, verify))
     if skipped:
         log.info("%d case(s) already preprocessed, skipped", skipped)
     failed = []

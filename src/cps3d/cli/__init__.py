@@ -6,7 +6,6 @@ subcommand. Modules import their heavy dependencies (torch, nnU-Net) inside ``ru
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import pkgutil
@@ -14,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from cps3d import __version__
-from cps3d.cli.common import CLIError
+from cps3d.cli.common import ArgumentParser, CLIError
 
 # Order in which subcommands are listed in ``cps3d --help`` (the pipeline order); unknown ones follow alphabetically.
 _ORDER = ["demo", "phantoms", "check", "plan", "preprocess", "train", "predict", "evaluate", "profile"]
@@ -32,8 +31,10 @@ def _command_modules():
     return sorted(found, key=lambda m: (rank.get(m.COMMAND, len(_ORDER)), m.COMMAND))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    # common.ArgumentParser for the subcommands too (add_subparsers uses the parent's class): no abbreviations, and
+    # suggestions for mistyped commands, choices and options
+    parser = ArgumentParser(
         prog="cps3d",
         description="Semi-supervised 3D segmentation with Cross Pseudo Supervision (3D-CPS) on nnU-Net v2. "
         "Typical order: check -> plan -> preprocess -> train -> predict -> evaluate. "
@@ -44,13 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _command_modules():
         p = module.add_parser(sub)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # reported by the subcommand's parser, with its usage, not by the top-level one
+        command_parser = getattr(args, "_parser", None)
+        if command_parser is None:
+            parser.error_unrecognized(extras)
+        command_parser.error_unrecognized(extras, parent=parser)
     args._argv = list(argv) if argv is not None else None  # for commands that re-launch themselves (train --num-gpus)
     if getattr(args, "_run", None) is None:
         parser.print_help()
@@ -65,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except CLIError as e:
         print(f"cps3d {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.status
     except KeyboardInterrupt:
         print(f"cps3d {args.command}: interrupted", file=sys.stderr)
         return 130

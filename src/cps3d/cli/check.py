@@ -29,23 +29,31 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _report(name: str, problems: list) -> int:
+    print(f"{name}: {len(problems)} problem(s):", file=sys.stderr)
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    return 1
+
+
 def run(args: argparse.Namespace) -> int:
-    from cps3d.dataset import RawDataset, check_dataset, record_passed_check
+    from cps3d.dataset import DatasetError, RawDataset, check_dataset, find_dataset_name, record_passed_check
 
     raw = common.raw_root(args)
-    pre = os.environ.get("nnUNet_preprocessed") if args.preprocessed_root is None else args.preprocessed_root
+    # where a passed check is recorded for plan and preprocess; without a preprocessed root it is not recorded
+    pre = common.optional_root(args.preprocessed_root, "--preprocessed-root", "nnUNet_preprocessed")
     try:
-        ds = RawDataset.from_root(raw, args.dataset)
+        name = find_dataset_name(args.dataset, [raw])
+        ds = RawDataset.load(os.path.join(raw, name))
+    except DatasetError as e:  # a dataset.json that fails the check: status 1 like any other problem
+        return _report(name, e.problems)
     except (FileNotFoundError, ValueError) as e:
         raise common.CLIError(str(e)) from e
     problems = check_dataset(ds, args.num_processes, not args.no_progress,
                              unlabeled=not args.no_unlabeled, test=not args.no_test)
     n_lab, n_unl, n_ts = len(ds.labeled_cases()), len(ds.unlabeled_cases()), len(ds.test_cases())
     if problems:
-        print(f"{ds.name}: {len(problems)} problem(s):", file=sys.stderr)
-        for p in problems:
-            print(f"  {p}", file=sys.stderr)
-        return 1
+        return _report(ds.name, problems)
     print(f"{ds.name}: OK ({n_lab} labeled, {n_unl} unlabeled, {n_ts} test case(s) checked)")
     if pre and not args.no_unlabeled:
         record_passed_check(ds, os.path.join(pre, ds.name))

@@ -3,11 +3,60 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+from collections.abc import Iterable, Sequence
+from typing import NoReturn
 
 
 class CLIError(Exception):
-    """An error the user can fix; the CLI prints it without a traceback and exits with status 2."""
+    """An error the user can fix; the CLI prints it without a traceback and exits with ``status``: 2 (the default)
+    for a usage error (options, missing folders), 1 when the input was checked and some of it failed."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def closest(value: str, candidates: Iterable[str]) -> str | None:
+    """The candidate ``value`` was most likely meant to be (difflib), or None if none is close."""
+    found = difflib.get_close_matches(str(value), [str(c) for c in candidates], n=1)
+    return found[0] if found else None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of ``cps3d`` and of every subcommand: no abbreviated options (argparse would read ``--minute 3``
+    as ``--minutes 3`` without a word), and a suggestion for a mistyped command, choice or option."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def _check_value(self, action: argparse.Action, value) -> None:
+        # argparse checks every value with choices here, subcommand names included
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as e:
+            hint = closest(value, action.choices or ())
+            if hint is None:
+                raise
+            raise argparse.ArgumentError(action, f"{e.message} (did you mean {hint!r}?)") from None
+
+    def error_unrecognized(self, extras: Sequence[str], parent: argparse.ArgumentParser | None = None) -> NoReturn:
+        """Exit with this parser's usage, naming the arguments it does not know and the options they resemble
+        (this parser's, and ``parent``'s: the top-level options of a mistyped ``cps3d --verbse check``)."""
+        options = [o for p in (self, parent) if p is not None for a in p._actions for o in a.option_strings]
+        hints = {}
+        for arg in extras:
+            name = arg.split("=", 1)[0]
+            hint = closest(name, options) if name.startswith("-") else None
+            if hint is not None:
+                hints[name] = hint
+        if len(hints) == 1:
+            hint = f" (did you mean {next(iter(hints.values()))}?)"
+        else:
+            hint = f" (did you mean {', '.join(f'{h} for {n}' for n, h in hints.items())}?)" if hints else ""
+        self.error("unrecognized arguments: " + " ".join(extras) + hint)
 
 
 def add_roots(parser: argparse.ArgumentParser, raw: bool = True, preprocessed: bool = True,
@@ -36,7 +85,8 @@ def add_num_processes(parser: argparse.ArgumentParser, default: int = 2, what: s
 
 def add_skip_check(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-check", action="store_true",
-                        help="do not run the dataset integrity checks of 'cps3d check' first")
+                        help="do not run the dataset integrity checks of 'cps3d check' first (files are still read "
+                        "in full and refused when empty, truncated or holding NaN/inf)")
 
 
 def add_no_progress(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +103,13 @@ def resolve_root(value: str | None, flag: str, env: str, must_exist: bool = True
         source = flag if value else f"${env}"
         raise CLIError(f"{source} points to {root}, which is not an existing folder")
     return root
+
+
+def optional_root(value: str | None, flag: str, env: str) -> str | None:
+    """:func:`resolve_root` for a folder a command can do without: None when neither ``flag`` nor ``env`` gives one."""
+    if not value and not os.environ.get(env):
+        return None
+    return resolve_root(value, flag, env, must_exist=False)
 
 
 def raw_root(args: argparse.Namespace) -> str:
@@ -73,7 +130,8 @@ def checked_dataset(args: argparse.Namespace):
     """The raw dataset named by ``-d`` and the preprocessed root, after the integrity checks of ``cps3d check``
     (skipped with ``--skip-check``; cached: an unchanged dataset that passed before is not read again).
 
-    Returns ``(dataset, raw_root, preprocessed_root)``; dataset problems become a CLIError listing them all.
+    Returns ``(dataset, raw_root, preprocessed_root)``; dataset problems become a CLIError listing them all (exit
+    status 1, as from ``cps3d check``).
     """
     from cps3d.dataset import DatasetError, RawDataset, ensure_checked
 
@@ -83,6 +141,8 @@ def checked_dataset(args: argparse.Namespace):
         ds = RawDataset.from_root(raw, args.dataset)
         if not args.skip_check:
             ensure_checked(ds, os.path.join(pre, ds.name), args.num_processes, not args.no_progress)
-    except (DatasetError, FileNotFoundError, ValueError) as e:
+    except DatasetError as e:
+        raise CLIError(str(e), status=1) from e
+    except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from e
     return ds, raw, pre

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise common.CLIError(f"--num-processes must be at least 1, got {args.num_processes}")
 
     from cps3d.evaluation.flare import (
+        CasesNotScored,
         compare_summaries,
         evaluate_folders,
         format_table,
@@ -79,15 +80,20 @@ def run(args: argparse.Namespace) -> int:
         write_per_case_csv,
         write_summary_json,
     )
+    from cps3d.files import check_output_folder
 
     out_dir = args.output or args.pred
     try:
+        check_output_folder(out_dir, "output folder (-o)" if args.output else "prediction folder")
         other = load_summary(args.compare[0]) if args.compare else None  # fail before the long part
         tolerances = load_tolerances(args.tolerances) if args.tolerances else None
         result = evaluate_folders(args.pred, args.ref, dataset_json=args.dataset_json, tolerances=tolerances,
                                   num_processes=args.num_processes, default_tolerance_mm=args.default_tolerance,
                                   slice_range=args.slice_range, nsd_min_dice=args.nsd_min_dice,
                                   progress=not args.no_progress)
+    except CasesNotScored as e:  # the input is wrong, not the command: exit status 1, like a failed check
+        print(f"cps3d evaluate: {e}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as e:
         raise common.CLIError(str(e)) from e
     csv_path = os.path.join(out_dir, "metrics_per_case.csv")

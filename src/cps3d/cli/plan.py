@@ -60,6 +60,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cps3d.dataset import DatasetError
     from cps3d.fingerprint import FingerprintConfig, ensure_fingerprint
     from cps3d.planning import PlanConfig, plan_experiment
 
@@ -78,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
     ds, raw, pre = common.checked_dataset(args)
     try:
         fp = ensure_fingerprint(ds, pre, fp_config, args.num_processes, not args.no_progress,
-                                overwrite=args.overwrite_fingerprint)
+                                overwrite=args.overwrite_fingerprint, verify=args.skip_check)
         plan_experiment(raw, pre, ds.name, plan_config, fingerprint_meta=fp.get("cps3d"))
+    except DatasetError as e:  # files refused as they were read (--skip-check): the input failed, status 1
+        raise common.CLIError(str(e), status=1) from e
     except (FileNotFoundError, ValueError) as e:
         raise common.CLIError(str(e)) from e
     return 0

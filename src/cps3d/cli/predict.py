@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cps3d.cli import common
@@ -70,7 +71,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     common.add_num_processes(p, default=2, what="worker processes for reading and for export each")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose output already exists")
     p.add_argument("--profile", metavar="OUT_DIR",
-                   help="measure time, CPU, RAM and GPU memory (FLARE 2022 measures, per case) into OUT_DIR")
+                   help="measure time, CPU, RAM and GPU memory (FLARE 2022 measures, per case, GPU memory above "
+                   "FLARE's 2048 MB allowance) into OUT_DIR")
     common.add_no_progress(p)
     return p
 
@@ -108,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
     profiler = None
     if args.profile:
         from cps3d.evaluation.profiler import ResourceProfiler
+        from cps3d.files import check_output_folder
+
+        try:
+            check_output_folder(args.profile, "profile folder (--profile)")
+        except ValueError as e:
+            raise common.CLIError(str(e)) from e
 
         profiler = ResourceProfiler(interval=0.1)
         profiler.start()
@@ -120,12 +128,16 @@ def run(args: argparse.Namespace) -> int:
         if profiler is not None:
             profiler.stop()
     if profiler is not None:
-        summary = profiler.write(args.profile, extra={"command": "cps3d predict", "config": config.to_dict()})
+        from cps3d.evaluation.profiler import FLARE_GPU_ALLOWANCE_MB
+
+        summary = profiler.write(args.profile, gpu_allowance_mb=FLARE_GPU_ALLOWANCE_MB,
+                                 extra={"command": "cps3d predict", "config": config.to_dict()})
         print(summary.format(), file=sys.stderr)
         print(f"profile written to {args.profile}", file=sys.stderr)
 
+    where = f"output in {args.output}" if os.path.isdir(args.output) else "nothing written"
     print(f"{len(report.predicted)} case(s) predicted, {len(report.skipped)} skipped (output exists), "
-          f"{len(report.failed)} failed; output in {args.output}")
+          f"{len(report.failed)} failed; {where}")
     if report.failed:
         print(f"{len(report.failed)} case(s) failed:", file=sys.stderr)
         for failure in report.failed:

@@ -38,9 +38,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         plans = load_plans(pre, ds.name, args.plans_name)
         for c in dict.fromkeys(args.configurations):
-            s = preprocess(ds, pre, plans, c, args.num_processes, not args.no_progress, unlabeled=not args.no_unlabeled)
+            s = preprocess(ds, pre, plans, c, args.num_processes, not args.no_progress, unlabeled=not args.no_unlabeled,
+                           verify=args.skip_check)  # without --skip-check, check_dataset has just read every file
             print(f"{c}: {s.done} case(s) preprocessed, {s.skipped} already done -> {s.labeled_folder}"
                   + ("" if args.no_unlabeled else f" and {s.unlabeled_folder}"))
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except RuntimeError as e:  # cases that failed (named; the others are stored): status 1
+        raise common.CLIError(str(e), status=1) from e
+    except (FileNotFoundError, ValueError) as e:
         raise common.CLIError(str(e)) from e
     return 0

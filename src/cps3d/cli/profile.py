@@ -24,8 +24,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT_DIR", default="profile",
                    help="folder for profile.json, samples.csv and profile.png (default: ./profile)")
     p.add_argument("--interval", type=float, default=0.1, metavar="S", help="seconds between samples (default 0.1)")
-    p.add_argument("--gpu-allowance-mb", type=float, default=0.0, metavar="MB",
-                   help="GPU memory not counted in the area (FLARE 2022 used 2048; default 0)")
+    p.add_argument("--gpu-allowance-mb", type=float, metavar="MB",
+                   help="GPU memory not counted in the area (default: FLARE 2022's 2048, as in 'cps3d predict "
+                   "--profile' and the demo; 0 counts all of it)")
     p.add_argument("--no-plot", action="store_true", help="do not draw profile.png")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
                    help="the command to run, after '--'")
@@ -40,14 +41,19 @@ def run(args: argparse.Namespace) -> int:
         raise common.CLIError("no command given: cps3d profile [-o OUT_DIR] -- COMMAND [ARGS...]")
     if not args.interval > 0:
         raise common.CLIError(f"--interval must be positive, got {args.interval}")
-    if not args.gpu_allowance_mb >= 0:
+    if args.gpu_allowance_mb is not None and not args.gpu_allowance_mb >= 0:
         raise common.CLIError(f"--gpu-allowance-mb must be >= 0, got {args.gpu_allowance_mb}")
 
-    from cps3d.evaluation.profiler import ProfileReport, profile_command
-    from cps3d.files import read_json
+    from cps3d.evaluation.profiler import FLARE_GPU_ALLOWANCE_MB, ProfileReport, profile_command
+    from cps3d.files import check_output_folder, read_json
 
     try:
-        code = profile_command(cmd, args.output, interval=args.interval, gpu_allowance_mb=args.gpu_allowance_mb,
+        check_output_folder(args.output, "output folder (-o)")  # before the command runs, not after
+    except ValueError as e:
+        raise common.CLIError(str(e)) from e
+    try:
+        allowance = FLARE_GPU_ALLOWANCE_MB if args.gpu_allowance_mb is None else args.gpu_allowance_mb
+        code = profile_command(cmd, args.output, interval=args.interval, gpu_allowance_mb=allowance,
                                plot=not args.no_plot)
     except FileNotFoundError as e:
         print(f"cps3d profile: {e}", file=sys.stderr)

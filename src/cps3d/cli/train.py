@@ -25,7 +25,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     common.add_dataset(p)
     common.add_roots(p, raw=False, preprocessed=True, results=True)
     p.add_argument("-c", "--configuration", default="3d_fullres", help="2d or 3d_fullres (default: 3d_fullres)")
-    p.add_argument("-f", "--fold", default="0", help="fold 0-4 of nnU-Net's 5-fold split, or 'all' (default: 0)")
+    p.add_argument("-f", "--fold", default="0",
+                   help="fold 0-4 of nnU-Net's 5-fold split (0 to N-1 when the preprocessed dataset folder has a "
+                   "splits_final.json with N folds), or 'all' (default: 0)")
     p.add_argument("--mode", choices=("cps", "supervised"), default="cps", help="default: cps")
     p.add_argument("--plans-name", default="cps3dPlans", help="plans identifier (default: cps3dPlans)")
     p.add_argument("--epochs", type=int, default=1000, help="default: 1000")
@@ -103,6 +105,17 @@ def _argv_without_num_gpus(argv: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     if args.num_gpus < 1:
         raise common.CLIError(f"--num-gpus {args.num_gpus}: must be at least 1")
+    if args.fold != "all" and not args.fold.isdigit():
+        raise common.CLIError(f"--fold {args.fold!r}: give a number (0-4) or 'all'")
+    from cps3d.dataset import find_dataset_name
+    from cps3d.training.run import check_fold
+
+    pre = common.preprocessed_root(args, must_exist=True)
+    try:  # before torchrun starts N processes that would all fail
+        name = find_dataset_name(args.dataset, [pre])
+        check_fold(args.fold, pre, name)
+    except (FileNotFoundError, ValueError) as e:
+        raise common.CLIError(str(e)) from e
     if args.num_gpus > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         if args.device != "cpu":
             import torch
@@ -115,14 +128,10 @@ def run(args: argparse.Namespace) -> int:
         if args.num_workers < 0:
             raise common.CLIError(f"--num-workers {args.num_workers}: must be >= 0")
         os.environ["nnUNet_n_proc_DA"] = str(args.num_workers)
-    from cps3d.dataset import find_dataset_name
     from cps3d.training.config import TrainConfig
     from cps3d.training.run import train
 
-    pre = common.preprocessed_root(args, must_exist=True)
     res = common.results_root(args)
-    if args.fold != "all" and not args.fold.isdigit():
-        raise common.CLIError(f"--fold {args.fold!r}: give a number (0-4) or 'all'")
     try:
         config = TrainConfig(mode=args.mode, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
                              val_iters=args.val_iters, lambda_max=args.lambda_max,
@@ -135,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
                              **{k: v for k, v in (("cps_loss", args.cps_loss), ("confidence", args.confidence),
                                                   ("plateau_on", args.plateau_on), ("momentum", args.momentum))
                                 if v is not None})
-        name = find_dataset_name(args.dataset, [pre])
         trainer = train(name, pre, res, args.configuration, args.fold, config, args.plans_name, args.device,
                         args.continue_training, args.overwrite, show_progress=not args.no_progress)
     except (FileNotFoundError, FileExistsError, ValueError) as e:

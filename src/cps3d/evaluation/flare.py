@@ -48,6 +48,7 @@ import numpy as np
 
 from cps3d.evaluation.metrics import Box, dice, label_bounding_boxes, normalized_surface_dice, union_box
 from cps3d.files import atomic_path, read_json, write_json
+from cps3d.images import ImageFileError, read_image_checked, read_image_info
 from cps3d.parallel import imap_cases
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,29 @@ __all__ = [
     "format_table",
     "compare_summaries",
     "load_summary",
+    "CasesNotScored",
+    "MissingPredictions",
 ]
 
 DEFAULT_TOLERANCE_MM = 2.0
 SLICE_RANGES = ("official", "inclusive")
+
+
+class CasesNotScored(ValueError):
+    """Cases that cannot be scored: predictions missing, unreadable, truncated or on another grid than their
+    reference. ``problems`` lists one line per file; nothing is summarised."""
+
+    def __init__(self, heading: str, problems: Sequence[str]):
+        self.heading = heading
+        self.problems = list(problems)
+        super().__init__(f"{heading}:\n  " + "\n  ".join(self.problems) if self.problems else heading)
+
+    def __reduce__(self):
+        return type(self), (self.heading, self.problems)
+
+
+class MissingPredictions(CasesNotScored, FileNotFoundError):
+    """References without a same-named prediction (also a FileNotFoundError)."""
 
 
 @dataclass(frozen=True)
@@ -397,42 +417,25 @@ def _fmt(v: Sequence[float]) -> str:
 
 
 def read_grid(path: str | os.PathLike) -> Grid:
-    """Read only the header of an image file (SimpleITK); errors name the file."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise ValueError(f"{path}: cannot read the image header ({str(e).strip().splitlines()[-1]})") from e
-    if reader.GetNumberOfComponents() != 1:
-        raise ValueError(f"{path}: has {reader.GetNumberOfComponents()} components per voxel; a label map has one")
-    return Grid(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
-                tuple(reader.GetDirection()))
+    """Read only the header of an image file; errors (FileNotFoundError, ValueError) name the file."""
+    info = read_image_info(path)
+    if info.components != 1:
+        raise ImageFileError(path, f"has {info.components} components per voxel; a label map has one")
+    return Grid(info.size, info.spacing, info.origin, info.direction)
 
 
 def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, Grid]:
-    """Label map as an integer numpy array (SimpleITK order: z, y, x) and its grid. Errors name the file."""
-    import SimpleITK as sitk
-
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise ValueError(f"{path}: cannot read the image ({str(e).strip().splitlines()[-1]})") from e
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{path}: has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
-                         "a label map has one")
-    arr = sitk.GetArrayFromImage(img)
+    """Label map as an integer numpy array (SimpleITK order: z, y, x) and its grid, read through
+    :func:`cps3d.images.read_image_checked` (an empty, truncated or corrupt file is refused: ITK's NIfTI reader
+    would fill the missing voxels with background). Errors (FileNotFoundError, ValueError) name the file."""
+    info, arr = read_image_checked(path)
     if not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
-            raise ValueError(f"{path}: a label map must hold integer values (dtype {arr.dtype} with fractions, "
-                             "NaN or inf)")
+        if not np.array_equal(arr, np.round(arr)):
+            raise ImageFileError(path, f"a label map must hold integer values (dtype {arr.dtype} with fractions)")
         arr = arr.astype(np.int32)
     if arr.size and arr.min() < 0:
-        raise ValueError(f"{path}: negative label {int(arr.min())}")
-    grid = Grid(tuple(img.GetSize()), tuple(img.GetSpacing()), tuple(img.GetOrigin()), tuple(img.GetDirection()))
-    return arr, grid
+        raise ImageFileError(path, f"negative label {int(arr.min())}")
+    return arr, Grid(info.size, info.spacing, info.origin, info.direction)
 
 
 @dataclass(frozen=True)
@@ -516,8 +519,9 @@ def pair_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike,
                file_ending: str = ".nii.gz") -> list[tuple[str, Path, Path]]:
     """``[(case, pred path, ref path)]`` for every reference file, sorted by case.
 
-    Raises FileNotFoundError if a folder is missing, holds no reference files, or a reference has no prediction
-    (the message lists the missing prediction files). Predictions without a reference are logged as a warning.
+    Raises FileNotFoundError if a folder is missing or holds no reference files, and :class:`MissingPredictions`
+    (a FileNotFoundError too) if a reference has no prediction (the message lists the missing prediction files).
+    Predictions without a reference are logged as a warning.
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     for what, d in (("prediction", pred_dir), ("reference", ref_dir)):
@@ -531,7 +535,8 @@ def pair_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike,
     if missing:
         shown = ", ".join(f"{c}{file_ending}" for c in missing[:20])
         more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-        raise FileNotFoundError(f"{pred_dir}: {len(missing)} of {len(refs)} prediction(s) missing: {shown}{more}")
+        raise MissingPredictions(f"{pred_dir}: {len(missing)} of {len(refs)} prediction(s) missing: {shown}{more}",
+                                 [])
     extra = sorted(set(preds) - set(refs))
     if extra:
         log.warning("%s: %d prediction(s) without a reference in %s, not evaluated: %s", pred_dir, len(extra),
@@ -544,14 +549,13 @@ def _check_grids(pairs: Sequence[tuple[str, Path, Path]]) -> None:
     for _case, pred, ref in pairs:
         try:
             diff = read_grid(ref).differences(read_grid(pred))
-        except ValueError as e:
+        except (FileNotFoundError, ValueError) as e:
             problems.append(str(e))
             continue
         if diff:
             problems.append(f"{pred}: not on the grid of {ref}: " + "; ".join(diff))
     if problems:
-        raise ValueError(f"{len(problems)} prediction(s) cannot be compared with their reference:\n  "
-                         + "\n  ".join(problems))
+        raise CasesNotScored(f"{len(problems)} prediction(s) cannot be compared with their reference", problems)
 
 
 def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike,
@@ -564,8 +568,11 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike,
     Files pair by name with the dataset.json's ``file_ending`` (else ``.nii.gz``); targets come from the
     dataset.json's labels (else from the labels present, see the module docstring). ``tolerances``: {label name or
     number: mm} overrides. Headers are checked first, so a missing prediction or a grid mismatch fails before any
-    work with a message naming every file concerned (FileNotFoundError / ValueError). Cases run in
-    ``num_processes`` processes with a progress bar. Returns the per-case scores and the summary.
+    work with a message naming every file concerned; files that turn out truncated or corrupt when they are read
+    fail after the other cases were scored, all named at once. Both raise :class:`CasesNotScored` (a ValueError;
+    :class:`MissingPredictions` is also a FileNotFoundError); a missing folder or a bad dataset.json raise
+    FileNotFoundError / ValueError. Cases run in ``num_processes`` processes with a progress bar. Returns the
+    per-case scores and the summary.
     """
     file_ending = ".nii.gz"
     if dataset_json is not None:
@@ -595,11 +602,11 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike,
     failures = []
     for i, res in imap_cases(evaluate_case_files, args, num_processes, desc="evaluate", progress=progress):
         if isinstance(res, BaseException):
-            failures.append(f"{pairs[i][0]}: {res}")
+            failures.append((pairs[i][0], f"{pairs[i][0]}: {res}"))
         else:
             results[i] = res
     if failures:
-        raise ValueError(f"{len(failures)} case(s) failed:\n  " + "\n  ".join(failures))
+        raise CasesNotScored(f"{len(failures)} case(s) failed", [f for _, f in sorted(failures)])
     cases = tuple(r for r in results if r is not None)
 
     if config.targets is not None:

@@ -22,7 +22,7 @@ In-process use (what ``cps3d predict --profile`` does)::
         for case in cases:
             with prof.case(case.id):        # a sample is taken at entry and exit
                 predict(case)
-    prof.write(out_dir, gpu_allowance_mb=2048)  # profile.json, samples.csv, cases.csv, profile.png
+    prof.write(out_dir, gpu_allowance_mb=FLARE_GPU_ALLOWANCE_MB)  # profile.json, samples.csv, cases.csv, profile.png
 
 Whole commands: :func:`profile_command` (``cps3d profile -- COMMAND ...``) profiles a child process and its
 descendants and returns the child's exit code.
@@ -50,9 +50,11 @@ from cps3d.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Sample", "ResourceSummary", "ProfileReport", "ResourceProfiler", "profile_command", "NO_GPU"]
+__all__ = ["Sample", "ResourceSummary", "ProfileReport", "ResourceProfiler", "profile_command", "NO_GPU",
+           "FLARE_GPU_ALLOWANCE_MB"]
 
 NO_GPU = "no GPU"
+FLARE_GPU_ALLOWANCE_MB = 2048.0  # GPU memory FLARE 2022 did not count in its GPU memory-time area
 _MB = 1024.0 * 1024.0
 
 

@@ -106,7 +106,9 @@ def output_paths(output_dir: str | os.PathLike, case_id: str, ending: str) -> di
 @dataclass
 class ExportJob:
     """Everything a worker process needs to export one case (picklable). ``writer``: ``plans`` (the reader/writer
-    class of the plans) or ``sitk`` (nnU-Net's SimpleITKIO: DICOM input, written as NIfTI)."""
+    class of the plans) or ``sitk`` (nnU-Net's SimpleITKIO: DICOM input, written as NIfTI). ``original_spacing``:
+    with forced spacing, the scan's own spacing (array order): ``properties['spacing']`` then holds the assumed one,
+    which the resampling back to the scan's grid needs, but ``CASE.pkl`` must describe the written grid."""
 
     case_id: str
     logits: Any = field(repr=False)
@@ -120,6 +122,7 @@ class ExportJob:
     save_probabilities: bool = False
     export_mode: str = "low_memory"
     postprocessing: Postprocessing = field(default_factory=lambda: Postprocessing("none"))
+    original_spacing: list[float] | None = None
 
 
 def _writer(job: ExportJob, plans_manager):
@@ -151,8 +154,12 @@ def export_case(job: ExportJob) -> dict:
             with atomic_path(paths["npz"]) as tmp:
                 np.savez_compressed(tmp, probabilities=probabilities)
             del probabilities
+            properties = job.properties
+            if job.original_spacing is not None:  # the probabilities lie on the scan's grid, not the assumed one
+                properties = {**properties, "spacing": list(job.original_spacing),
+                              "cps3d_assumed_spacing": list(properties["spacing"])}
             with atomic_path(paths["pkl"]) as tmp, open(tmp, "wb") as f:
-                pickle.dump(job.properties, f)
+                pickle.dump(properties, f)
             written += [str(paths["npz"]), str(paths["pkl"])]
         else:
             seg = result

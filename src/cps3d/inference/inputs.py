@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cps3d.images import error_text
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Case", "InputProblem", "list_cases", "select_part", "read_dicom_series", "strip_ending"]
@@ -64,18 +66,51 @@ def strip_ending(name: str, endings: Sequence[str]) -> str | None:
     return None
 
 
-def _dicom_cases(folder: Path) -> list[Case]:
+# names DICOM files usually have; a file without a DICOM name counts when it has the DICOM marker
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
+
+
+def _meant_as_dicom(path: Path) -> bool:
+    """Whether a file that no series lists was meant to be a slice: a DICOM name (.dcm, .dicom, .ima, no suffix) or
+    the 'DICM' marker DICOM files carry at byte 128 (a text or JSON file beside the series is not)."""
+    if path.suffix.lower() in _DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return True
+
+
+def _dicom_cases(folder: Path) -> tuple[list[Case], list[InputProblem]]:
+    """The DICOM series of ``folder`` as cases, and the problems that stop them.
+
+    GDCM leaves files it cannot read (truncated, corrupt, empty) out of every series without a word, and SimpleITK
+    then builds the volume from the slices that remain, on a wrong grid. Such files make every series of the folder
+    fail (which series a broken file belonged to cannot be known).
+    """
     import SimpleITK as sitk
 
     series = sorted(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
     cases = []
+    listed: set[str] = set()
     for n, sid in enumerate(series):
         files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid))
+        listed.update(Path(f).name for f in files)
         case_id = folder.name if len(series) == 1 else f"{folder.name}_{n}"
         cases.append(Case(case_id, files, "dicom", sid, str(folder)))
         if len(series) > 1:
             log.info("%s: DICOM series %s -> case %s", folder, sid, case_id)
-    return cases
+    stray = [f for f in sorted(folder.iterdir()) if not f.name.startswith(".") and f.is_file()
+             and f.name not in listed and _meant_as_dicom(f)]
+    if not stray or not cases:
+        return cases, []
+    names = [f.name + (" (empty)" if f.stat().st_size == 0 else "") for f in stray]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    message = (f"{len(stray)} file(s) of the folder belong to no DICOM series (unreadable: truncated, corrupt or "
+               f"empty): {shown}; without them the series would be read with slices missing")
+    return [], [InputProblem(str(folder), message, c.case_id) for c in cases]
 
 
 def list_cases(inputs: Sequence[str | os.PathLike], endings: Sequence[str], num_channels: int
@@ -104,11 +139,12 @@ def list_cases(inputs: Sequence[str | os.PathLike], endings: Sequence[str], num_
                 if stem is not None and (path / n).is_file():
                     files.append((path / n, stem))
             if not files:
-                found = _dicom_cases(path)
-                if not found:
+                found, broken = _dicom_cases(path)
+                if not found and not broken:
                     problems.append(InputProblem(str(path), "no scans found: no file ending in "
                                                  f"{', '.join(endings)} and no DICOM series"))
                 dicom.extend(found)
+                problems.extend(broken)
                 continue
         else:
             stem = strip_ending(path.name, endings)
@@ -180,25 +216,81 @@ def select_part(cases: Sequence[Case], part_id: int, num_parts: int) -> list[Cas
     return sorted(cases, key=lambda c: c.case_id)[part_id::num_parts]
 
 
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.strip().split("\\")]
+
+
+def _slice_problem(reader, direction: Sequence[float], files: Sequence[str]) -> str | None:
+    """What is wrong with the slices of a series read by ``reader`` (SimpleITK's ImageSeriesReader with its
+    per-slice tags), or None: slices without a position or with another orientation, two slices at one position,
+    and positions along the slice normal that are not evenly spaced (missing slices above all). SimpleITK only warns
+    about the last and stacks the slices at one spacing anyway, which misplaces every slice after a gap."""
+    n = len(files)
+    if n < 2:
+        return None
+    positions, orientations = [], []
+    for k in range(n):
+        if not (reader.HasMetaDataKey(k, "0020|0032") and reader.HasMetaDataKey(k, "0020|0037")):
+            return f"{Path(files[k]).name} has no Image Position / Orientation (Patient), so the slice spacing " \
+                   "cannot be checked"
+        try:
+            positions.append(_floats(reader.GetMetaData(k, "0020|0032")))
+            orientations.append(_floats(reader.GetMetaData(k, "0020|0037")))
+        except ValueError:
+            return f"{Path(files[k]).name}: unreadable Image Position / Orientation (Patient)"
+    for k in range(1, n):
+        if len(orientations[k]) != 6 or not np.allclose(orientations[k], orientations[0], atol=1e-4):
+            return f"{Path(files[k]).name} has the orientation {orientations[k]}, {Path(files[0]).name} " \
+                   f"{orientations[0]}: the slices do not form one volume"
+    normal = np.asarray(direction, np.float64).reshape(3, 3)[:, 2]
+    along = np.asarray(positions, np.float64) @ normal  # mm along the slice normal, in the series' order
+    steps = np.diff(along)
+    step = float(np.median(steps))
+    same = np.flatnonzero(np.abs(steps) < 1e-3)
+    if same.size:
+        k = int(same[0])
+        return f"{Path(files[k]).name} and {Path(files[k + 1]).name} are at the same position " \
+               f"({along[k]:.4g} mm along the slice normal): a duplicated slice?"
+    tolerance = max(0.01, 0.01 * abs(step))
+    off = np.flatnonzero(np.abs(steps - step) > tolerance)
+    if not off.size:
+        return None
+    gaps = [int(k) for k in off if steps[k] / step > 1.5]
+    if gaps:
+        described = [f"{round(steps[k] / step) - 1} between {Path(files[k]).name} and {Path(files[k + 1]).name} "
+                     f"({steps[k]:.4g} mm apart)" for k in gaps[:5]]
+        return "slice(s) missing: " + "; ".join(described) + (f"; {len(gaps) - 5} more gap(s)" if len(gaps) > 5
+                                                              else "") + f" (the slice spacing is {step:.4g} mm)"
+    return f"slices are not evenly spaced: steps from {steps.min():.4g} to {steps.max():.4g} mm along the slice " \
+           f"normal (median {step:.4g} mm), first at {Path(files[int(off[0])]).name}; one grid cannot hold them"
+
+
 def read_dicom_series(case: Case) -> tuple[np.ndarray, dict]:
     """Read a DICOM series the way nnU-Net's SimpleITKIO reads a file: ``(array (1, k, j, i) float32, properties)``
     with ``properties['spacing']`` in array order and ``properties['sitk_stuff']`` holding the series' geometry
-    (spacing, origin, direction in index order), which is what the output is written with."""
+    (spacing, origin, direction in index order), which is what the output is written with.
+
+    Raises ValueError naming the series and its folder when it cannot be read, is not 3D grey values, or its slices
+    do not lie on one grid (missing, duplicated, unevenly spaced or differently oriented slices)."""
     import SimpleITK as sitk
 
     if case.kind != "dicom":
         raise ValueError(f"case {case.case_id} is not a DICOM series")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(case.files))
+    reader.MetaDataDictionaryArrayUpdateOn()  # every slice's tags, for the check of their positions
     try:
         image = reader.Execute()
     except RuntimeError as e:
-        raise ValueError(f"{case.source}: cannot read the series ({str(e).strip().splitlines()[-1]})") from e
+        raise ValueError(f"{case.source}: cannot read the series ({error_text(e)})") from e
     if image.GetDimension() != 3:
         raise ValueError(f"{case.source}: expected a 3D series, got {image.GetDimension()}D")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"{case.source}: expected grey values, got {image.GetNumberOfComponentsPerPixel()} "
                          "components per voxel")
+    problem = _slice_problem(reader, image.GetDirection(), case.files)
+    if problem is not None:
+        raise ValueError(f"{case.source}: {problem}")
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)[None]
     properties = {
         "sitk_stuff": {"spacing": image.GetSpacing(), "origin": image.GetOrigin(), "direction": image.GetDirection()},

@@ -40,7 +40,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
 from cps3d import __version__
-from cps3d.files import read_json, write_json
+from cps3d.files import check_output_folder, read_json, write_json
+from cps3d.images import error_text, verify_image
 from cps3d.inference.export import EXPORT_MODES, ExportJob, export_case, output_paths
 from cps3d.inference.forced_spacing import PRESETS, ForcedSpacing, force_spacing_on_properties
 from cps3d.inference.inputs import Case, list_cases, read_dicom_series
@@ -253,28 +254,45 @@ def make_predictor(model: LoadedModel, config: PredictConfig):
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}".rstrip(": ")
+    """The exception's type and the informative line of its message (see :func:`cps3d.images.error_text`)."""
+    text = error_text(e)
+    return type(e).__name__ if text == type(e).__name__ else f"{type(e).__name__}: {text}"
+
+
+def input_dimension(plans: dict) -> int:
+    """Number of dimensions of the images a model was trained on: 2 when nnU-Net's readers marked the dataset's
+    images as 2-D (they give the missing axis a spacing of 999), else 3."""
+    return 2 if 999 in [float(s) for s in plans.get("original_median_spacing_after_transp", ())] else 3
 
 
 def prepare_case(case: Case, plans: dict, configuration: str, dataset_json: dict,
                  forced_spacing: ForcedSpacing | None) -> dict:
     """Read and preprocess one case (runs in worker processes). Returns ``{"data"`` (channels, *network-order
     shape) float32, ``"properties"`` (nnU-Net's), ``"info"`` (geometry for logs and the report)``}``.
-    Raises ValueError naming the input when it cannot be read or used."""
+    Raises ValueError naming the input when it cannot be read or used: every channel file is first read in full by
+    :func:`cps3d.images.verify_image` (nnU-Net's SimpleITK reader turns a truncated NIfTI's missing voxels and NaN
+    into zeros without a word), which names an empty, truncated or corrupt file, NaN or infinite voxels and an
+    image of another dimensionality than the model's."""
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
     n_channels = len(dataset_json["channel_names"])
+    if case.kind != "dicom":
+        dimension = input_dimension(plans)
+        for f in case.files:
+            try:
+                verify_image(f, dimension)
+            except FileNotFoundError as e:
+                raise ValueError(str(e)) from e
     said = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(said):
-            if case.kind == "dicom":
-                data, properties = read_dicom_series(case)
-            else:
+    if case.kind == "dicom":
+        data, properties = read_dicom_series(case)  # its errors name the series and what is wrong
+    else:
+        try:
+            with contextlib.redirect_stdout(said):
                 data, properties = pm.image_reader_writer_class().read_images(list(case.files))
-    except Exception as e:
-        extra = " ".join(said.getvalue().split())
-        raise ValueError(f"{case.source}: cannot read ({_first_line(e)}{'; ' + extra if extra else ''})") from e
+        except Exception as e:
+            extra = " ".join(said.getvalue().split())
+            raise ValueError(f"{case.source}: cannot read ({_first_line(e)}{'; ' + extra if extra else ''})") from e
     if data.ndim != 4 or data.shape[0] != n_channels:
         raise ValueError(f"{case.source}: read {data.shape[0] if data.ndim == 4 else '?'} channel(s) of shape "
                          f"{data.shape}, the model expects {n_channels} channel(s) of a 3D image")
@@ -333,10 +351,12 @@ def predict(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, 
     :class:`cps3d.evaluation.profiler.ResourceProfiler`; each case is marked on it (with ``num_processes=1`` the
     mark covers the whole case, otherwise its network pass: reading and export then run in worker processes).
 
-    Raises FileNotFoundError / ValueError for a missing or unusable model folder and missing input paths. Problems
-    of single cases do not raise: they are in the report's ``failed`` list.
+    Raises FileNotFoundError / ValueError for a missing or unusable model folder, missing input paths and an output
+    folder that cannot be one (a file, or not writable). Problems of single cases do not raise: they are in the
+    report's ``failed`` list.
     """
     config = config or PredictConfig()
+    check_output_folder(output_dir)  # before anything is read: not after the first case
     resolve_device(config.device)  # a CUDA request without CUDA fails before anything is read or written
     model = load_model(model_dir, config.folds, config.checkpoint, config.branch)
     pm = model.plans_manager
@@ -366,6 +386,9 @@ def predict(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, 
         if Path(given).expanduser().is_dir() and out_dir.resolve() == Path(given).expanduser().resolve():
             raise ValueError(f"{out_dir}: the output folder is also an input folder; choose another output folder "
                              "(label maps written there would be read as scans next time)")
+    if not ids:  # nothing to predict or to skip: leave the output folder as it is (the problems say why)
+        log.info("no case in the input; nothing written to %s", out_dir)
+        return report
     out_dir.mkdir(parents=True, exist_ok=True)
     todo: list[Case] = []
     for c in cases:
@@ -454,7 +477,8 @@ class _Runner:
         job = ExportJob(case.case_id, None, prepared["properties"], self.model.plans, self.model.configuration,
                         self.model.dataset_json, str(self.out_dir), DICOM_ENDING if dicom else self.file_ending,
                         "sitk" if dicom else "plans", self.config.save_probabilities, self.config.export_mode,
-                        self.postprocessing)
+                        self.postprocessing,
+                        None if info["assumed_spacing"] is None else [float(v) for v in info["spacing"][::-1]])
         t0 = time.perf_counter()
         try:
             logits = self.predictor.predict_logits_from_preprocessed_data(torch.from_numpy(prepared.pop("data")))

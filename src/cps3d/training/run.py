@@ -16,6 +16,32 @@ from cps3d.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
+NNUNET_FOLDS = 5  # nnU-Net's cross-validation when the preprocessed folder has no splits_final.json
+
+
+def check_fold(fold: int | str, preprocessed_root: str | os.PathLike, dataset_name: str) -> int | str:
+    """``fold`` as training uses it: ``"all"``, or a fold number the dataset's split has: 0-4 of nnU-Net's
+    five-fold split, or 0 to N-1 when ``<preprocessed>/<dataset>/splits_final.json`` lists N folds.
+
+    nnU-Net's trainer trains any other number on a random 80:20 split with only a warning, hence the check. Raises
+    ValueError naming the fold and the valid range (or the malformed splits file).
+    """
+    if fold == "all":
+        return fold
+    try:
+        number = int(fold)
+    except (TypeError, ValueError):
+        raise ValueError(f"fold {fold!r}: give a fold number or 'all'") from None
+    splits_file = Path(preprocessed_root) / dataset_name / "splits_final.json"
+    n, source = NNUNET_FOLDS, "nnU-Net's 5-fold split"
+    if splits_file.is_file():
+        splits = read_json(splits_file)
+        if not isinstance(splits, list) or not splits:
+            raise ValueError(f"{splits_file}: expected a non-empty list of folds ({{\"train\": [...], \"val\": [...]}})")
+        n, source = len(splits), f"the {len(splits)} fold(s) of {splits_file}"
+    if not 0 <= number < n:
+        raise ValueError(f"fold {fold}: choose 0-{n - 1} ({source}) or 'all'")
+    return number
 
 
 def resume_checkpoint(fold_folder: str | os.PathLike) -> Path | None:
@@ -71,7 +97,7 @@ def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root:
           show_progress: bool = True):
     """Train one fold and return the trainer (its ``output_folder`` holds checkpoints, logs and plots).
 
-    ``fold`` is 0-4 or ``"all"``. Raises FileExistsError if the fold already holds a finished training and neither
+    ``fold`` is 0-4 or ``"all"`` (see :func:`check_fold`). Raises FileExistsError if the fold already holds a finished training and neither
     ``continue_training`` (extend or resume it) nor ``overwrite`` (start again) is given.
     """
     from cps3d.training.trainer import TRAINERS
@@ -79,8 +105,7 @@ def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root:
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but no CUDA device is available; use --device cpu")
-    if fold != "all":
-        fold = int(fold)
+    fold = check_fold(fold, preprocessed_root, dataset_name)
     plans = load_plans(preprocessed_root, dataset_name, plans_name)
     if configuration not in plans["configurations"]:
         raise ValueError(f"configuration {configuration!r} not in {plans_name}.json "
