@@ -44,15 +44,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine_info, machine_line, markdown_table, publish  # noqa: E402
+from cps3d.demo import CONFIGURATION, CPS_OBJECTIVE, INTENSITY, SHORT_RUN_OPTIMIZER  # noqa: E402
 
 DATASET_ID, NAME = 950, "SSLGain"
-CONFIGURATION = "2d"
-# the methods compared: TrainConfig fields on top of the shared schedule
+# the methods compared: TrainConfig fields on top of the shared protocol (schedule and optimizer)
 METHODS: dict[str, dict] = {
     "baseline": {"mode": "supervised"},
     "cps-paper": {"mode": "cps", "cps_loss": "dice_ce", "confidence": 0.0},
-    "cps": {"mode": "cps"},
+    "cps": {"mode": "cps", **CPS_OBJECTIVE},
 }
+OPTIMIZERS = {"short": SHORT_RUN_OPTIMIZER, "nnunet": {"initial_lr": 0.01, "momentum": 0.99}}
 
 
 def parse_method(text: str) -> tuple[str, dict]:
@@ -232,7 +233,8 @@ def report(results: list[dict], args, data: dict, methods: dict, wall: float) ->
             f"Phantoms `{args.size}`, configuration `{args.configuration}` (patch {data['plan']['patch_size']}, "
             f"batch {data['plan']['batch_size']} labeled + as many unlabeled, features {data['plan']['features']}), "
             f"{args.unlabeled} unlabeled, {args.val} validation and {args.test} test phantoms; every method trains "
-            f"{args.epochs} x {args.iters} iterations. Methods: "
+            f"{args.epochs} x {args.iters} iterations with SGD {OPTIMIZERS[args.optimizer]}, intensity statistics "
+            f"`{args.intensity}`. Methods: "
             + "; ".join(f"`{m}` = {v}" for m, v in methods.items())
             + f". Wall time of the whole benchmark: {wall / 60:.1f} min.\n\n"
             f"Command: `python benchmarks/ssl_gain.py {' '.join(sys.argv[1:])}`\n")
@@ -249,13 +251,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="small", help="phantom size (default small)")
     p.add_argument("--phantom-seed", type=int, default=0)
     p.add_argument("--configuration", default=CONFIGURATION)
-    p.add_argument("--intensity", default="global", help="fingerprint intensity statistics: global, body or foreground")
+    p.add_argument("--intensity", default=INTENSITY, help=f"fingerprint intensity statistics: global, body or "
+                   f"foreground (default: {INTENSITY}, as the demo)")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="short",
+                   help="short: SGD lr 0.1, momentum 0.9 (the demo's, default); nnunet: lr 0.01, momentum 0.99")
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--max-features", type=int, default=128)
     p.add_argument("--stages", type=int, default=None)
     p.add_argument("--patch", type=int, nargs="+", default=None)
-    p.add_argument("--batch", type=int, default=12, help="labeled batch (unlabeled: the same; default 12, the paper's 2D)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch", type=int, default=4, help="labeled batch (unlabeled: the same; default 4, as the demo "
+                   "on a CPU; the paper's 2D: 12)")
+    p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--iters", type=int, default=25, help="iterations per epoch")
     p.add_argument("--methods", nargs="*", default=list(METHODS), help=f"of {', '.join(METHODS)}")
     p.add_argument("--method", action="append", default=[], metavar="NAME:key=value,...",
@@ -279,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for m, overrides in methods.items():
                 train = {"epochs": args.epochs, "iters_per_epoch": args.iters, "val_iters": 1, "save_every": 10 ** 6,
-                         "final_validation": False, "seed": 1000 + 10 * seed, **overrides}
+                         "final_validation": False, "seed": 1000 + 10 * seed, **OPTIMIZERS[args.optimizer],
+                         **overrides}
                 settings = {"train": train, "fold": data["folds"][(k, seed)], "split": data["splits"][data["folds"][(k, seed)]],
                             "plan": data["plan"], "evaluate": args.evaluate}
                 run_dir = Path(args.work_dir) / "runs" / f"k{k}_s{seed}_{m}"
