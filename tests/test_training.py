@@ -268,9 +268,10 @@ def test_lambda_warm_up_reaches_the_trainer(tiny_project, tmp_path):
         TrainConfig(lambda_start_epoch=-1)
 
 
-def test_resume_takes_the_newer_of_final_and_latest(tiny_project, tmp_path):
-    """A finished run extended with --continue and killed midway holds an old checkpoint_final and a newer
-    checkpoint_latest: resuming must go on from the latest (nnU-Net's final-first order would lose the extension)."""
+def test_resume_takes_the_checkpoint_with_the_later_epoch(tiny_project, tmp_path):
+    """A finished run extended with --continue and killed midway holds an old checkpoint_final and a later
+    checkpoint_latest: resuming must go on from the latest (nnU-Net's final-first order would lose the extension).
+    Issue 12.10: the stored epoch decides, not the modification time, which a copy of the folder need not keep."""
     model_dir = tmp_path / tiny_project.dataset_name / tiny_project.model_dir.name
     shutil.copytree(tiny_project.model_dir, model_dir)
     fold = model_dir / "fold_0"
@@ -278,9 +279,9 @@ def test_resume_takes_the_newer_of_final_and_latest(tiny_project, tmp_path):
     assert final["current_epoch"] == 1
     extended = dict(final, current_epoch=2)  # the state after one more epoch of the extension
     torch.save(extended, fold / "checkpoint_latest.pth")
-    old = (fold / "checkpoint_final.pth").stat().st_mtime_ns
-    os.utime(fold / "checkpoint_final.pth", ns=(old - 10**9, old - 10**9))
-    os.utime(fold / "checkpoint_latest.pth", ns=(old, old))
+    new = (fold / "checkpoint_latest.pth").stat().st_mtime_ns
+    os.utime(fold / "checkpoint_latest.pth", ns=(new - 10**9, new - 10**9))  # a copy that made final look newer
+    os.utime(fold / "checkpoint_final.pth", ns=(new, new))
     assert resume_checkpoint(fold) == fold / "checkpoint_latest.pth"
 
     trainer = train(tiny_project.dataset_name, tiny_project.preprocessed_root, tmp_path, "3d_fullres", 0,
@@ -288,8 +289,11 @@ def test_resume_takes_the_newer_of_final_and_latest(tiny_project, tmp_path):
     assert trainer.current_epoch == 2  # resumed at epoch 2 = finished: nothing retrained
     assert torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["current_epoch"] == 1
 
-    os.utime(fold / "checkpoint_latest.pth", ns=(old - 2 * 10**9, old - 2 * 10**9))  # final newer: final wins
+    torch.save(final, fold / "checkpoint_latest.pth")  # the same epoch, latest newer: final wins the tie
     assert resume_checkpoint(fold) == fold / "checkpoint_final.pth"
+    (fold / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="checkpoint_final.pth: cannot read the checkpoint"):
+        resume_checkpoint(fold)
     for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
         (fold / name).unlink()
     assert resume_checkpoint(fold) == (fold / "checkpoint_best.pth" if (fold / "checkpoint_best.pth").is_file()

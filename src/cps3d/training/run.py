@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -44,18 +45,32 @@ def check_fold(fold: int | str, preprocessed_root: str | os.PathLike, dataset_na
     return number
 
 
+def _checkpoint_epoch(path: Path) -> int:
+    """The epoch a checkpoint resumes at (its ``current_epoch``); ValueError naming the file if it cannot be read or
+    has none."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # mmap: no weights are read
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{path}: cannot read the checkpoint ({e}); move it away to resume from the other one") from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("current_epoch"), int):
+        raise ValueError(f"{path}: not a training checkpoint (no integer 'current_epoch')")
+    return ckpt["current_epoch"]
+
+
 def resume_checkpoint(fold_folder: str | os.PathLike) -> Path | None:
-    """The checkpoint ``--continue`` resumes from: the newer of ``checkpoint_final.pth`` and
-    ``checkpoint_latest.pth``, else ``checkpoint_best.pth``, else None.
+    """The checkpoint ``--continue`` resumes from: the one of ``checkpoint_final.pth`` and ``checkpoint_latest.pth``
+    with the later epoch (``current_epoch``; the final one on a tie), else ``checkpoint_best.pth``, else None.
 
     nnU-Net prefers the final checkpoint whenever it exists; but a finished run extended to more epochs and killed
-    midway has an old final checkpoint and a newer latest one, and resuming from the final one would throw the
-    extension away. Checkpoints are written atomically, so the newer file is the later state.
+    midway has an old final checkpoint and a later latest one, and resuming from the final one would throw the
+    extension away. The epoch stored in the file decides, not its modification time, which a copy of the run folder
+    need not keep.
     """
     folder = Path(fold_folder)
     candidates = [folder / c for c in ("checkpoint_final.pth", "checkpoint_latest.pth") if (folder / c).is_file()]
     if candidates:
-        return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+        epochs = [_checkpoint_epoch(c) for c in candidates]
+        return candidates[epochs.index(max(epochs))]  # the first of equal epochs: final
     best = folder / "checkpoint_best.pth"
     return best if best.is_file() else None
 
