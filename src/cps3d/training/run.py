@@ -13,7 +13,7 @@ from cps3d.files import read_json
 from cps3d.nnunet_env import nnunet_folders
 from cps3d.planning import DEFAULT_PLANS_NAME, load_plans
 from cps3d.preprocessing import unlabeled_folder
-from cps3d.training.config import TrainConfig
+from cps3d.training.config import TrainConfig, merge_for_resume
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,27 @@ def resume_checkpoint(fold_folder: str | os.PathLike) -> Path | None:
         return candidates[epochs.index(max(epochs))]  # the first of equal epochs: final
     best = folder / "checkpoint_best.pth"
     return best if best.is_file() else None
+
+
+def saved_train_config(fold_folder: str | os.PathLike, checkpoint: Path | None = None) -> TrainConfig | None:
+    """The configuration a run folder was trained with: the ``cps3d.train_config`` of ``checkpoint`` (by default the
+    one ``--continue`` resumes from, :func:`resume_checkpoint`), else ``train_config`` in ``cps3d_config.json``, else
+    None (nothing trained yet). Raises ValueError naming the file if the saved configuration is not a valid one."""
+    folder = Path(fold_folder)
+    checkpoint = checkpoint if checkpoint is not None else resume_checkpoint(folder)
+    if checkpoint is not None:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        saved, source = ckpt.get("cps3d", {}).get("train_config"), checkpoint
+    else:
+        saved, source = None, None
+    if saved is None and (folder / "cps3d_config.json").is_file():
+        saved, source = read_json(folder / "cps3d_config.json").get("train_config"), folder / "cps3d_config.json"
+    if saved is None:
+        return None
+    try:
+        return TrainConfig.from_dict(saved)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: its saved training configuration is not valid ({e})") from e
 
 
 def default_device() -> torch.device:
@@ -138,10 +159,16 @@ def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root:
     plans["continue_training"] = continue_training  # nnU-Net's trainer pops this key
     with nnunet_folders(preprocessed=preprocessed_root, results=results_root):
         trainer = TRAINERS[config.mode](plans, configuration, fold, dataset_json, device)
-        trainer.configure(config, show_progress=show_progress)
         out = Path(trainer.output_folder)
+        checkpoint = resume_checkpoint(out) if continue_training else None
+        if checkpoint is not None:
+            saved = saved_train_config(out, checkpoint)
+            if saved is not None:  # the run folder's configuration rules; only RESUMABLE options may change
+                config, changes = merge_for_resume(saved, config.to_dict())
+                for change in changes:
+                    log.info("--continue: %s", change)
+        trainer.configure(config, show_progress=show_progress)
         if continue_training:
-            checkpoint = resume_checkpoint(out)
             if checkpoint is not None:
                 log.info("Resuming from %s", checkpoint)
                 trainer.load_checkpoint(str(checkpoint))
