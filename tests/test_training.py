@@ -364,3 +364,16 @@ def test_poly_extension_goes_on_from_the_current_learning_rate():
     with pytest.raises(ValueError, match="next_epoch=5"):
         extended_poly_initial_lr(0.01, 4, 8, 5)
 
+
+def test_continue_finishes_a_final_validation_that_was_killed(tiny_project, tmp_path):
+    """Issue 12.9: a kill during nnU-Net's final validation leaves checkpoint_final.pth without
+    validation/summary.json; --continue used to say "nothing to do" forever."""
+    args = (tiny_project.dataset_name, tiny_project.preprocessed_root, tmp_path, "3d_fullres", 0)
+    config = TrainConfig(epochs=1, iters_per_epoch=1, val_iters=1, final_validation=True)
+    first = train(*args, config, device="cpu", show_progress=False)
+    validation = __import__("pathlib").Path(first.output_folder) / "validation"
+    assert (validation / "summary.json").is_file()
+    shutil.rmtree(validation)  # as if killed while predicting the validation cases
+    again = train(*args, config, device="cpu", continue_training=True, show_progress=False)
+    assert again.current_epoch == 1  # nothing retrained
+    assert "foreground_mean" in read_json(validation / "summary.json")

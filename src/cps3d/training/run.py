@@ -178,8 +178,14 @@ def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root:
             raise FileExistsError(f"{out} already holds a finished training; pass --continue to resume or extend it "
                                   "(with more --epochs), or --overwrite to train again from scratch")
         if trainer.current_epoch >= trainer.num_epochs:
-            log.info("Training already finished (%d of %d epochs); nothing to do", trainer.current_epoch,
-                     trainer.num_epochs)
+            if config.final_validation and not (out / "validation" / "summary.json").is_file():
+                # killed during the final validation (it runs after checkpoint_final.pth is written): finish it
+                log.info("Training finished (%d of %d epochs) but %s is missing: running the final validation",
+                         trainer.current_epoch, trainer.num_epochs, out / "validation" / "summary.json")
+                trainer.perform_actual_validation()
+            else:
+                log.info("Training already finished (%d of %d epochs); nothing to do", trainer.current_epoch,
+                         trainer.num_epochs)
         else:
             trainer.run_training()
             if config.final_validation:
