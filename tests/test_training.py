@@ -268,9 +268,10 @@ def test_lambda_warm_up_reaches_the_trainer(tiny_project, tmp_path):
         TrainConfig(lambda_start_epoch=-1)
 
 
-def test_resume_takes_the_newer_of_final_and_latest(tiny_project, tmp_path):
-    """A finished run extended with --continue and killed midway holds an old checkpoint_final and a newer
-    checkpoint_latest: resuming must go on from the latest (nnU-Net's final-first order would lose the extension)."""
+def test_resume_takes_the_checkpoint_with_the_later_epoch(tiny_project, tmp_path):
+    """A finished run extended with --continue and killed midway holds an old checkpoint_final and a later
+    checkpoint_latest: resuming must go on from the latest (nnU-Net's final-first order would lose the extension).
+    Issue 12.10: the stored epoch decides, not the modification time, which a copy of the folder need not keep."""
     model_dir = tmp_path / tiny_project.dataset_name / tiny_project.model_dir.name
     shutil.copytree(tiny_project.model_dir, model_dir)
     fold = model_dir / "fold_0"
@@ -278,9 +279,9 @@ def test_resume_takes_the_newer_of_final_and_latest(tiny_project, tmp_path):
     assert final["current_epoch"] == 1
     extended = dict(final, current_epoch=2)  # the state after one more epoch of the extension
     torch.save(extended, fold / "checkpoint_latest.pth")
-    old = (fold / "checkpoint_final.pth").stat().st_mtime_ns
-    os.utime(fold / "checkpoint_final.pth", ns=(old - 10**9, old - 10**9))
-    os.utime(fold / "checkpoint_latest.pth", ns=(old, old))
+    new = (fold / "checkpoint_latest.pth").stat().st_mtime_ns
+    os.utime(fold / "checkpoint_latest.pth", ns=(new - 10**9, new - 10**9))  # a copy that made final look newer
+    os.utime(fold / "checkpoint_final.pth", ns=(new, new))
     assert resume_checkpoint(fold) == fold / "checkpoint_latest.pth"
 
     trainer = train(tiny_project.dataset_name, tiny_project.preprocessed_root, tmp_path, "3d_fullres", 0,
@@ -288,9 +289,91 @@ def test_resume_takes_the_newer_of_final_and_latest(tiny_project, tmp_path):
     assert trainer.current_epoch == 2  # resumed at epoch 2 = finished: nothing retrained
     assert torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["current_epoch"] == 1
 
-    os.utime(fold / "checkpoint_latest.pth", ns=(old - 2 * 10**9, old - 2 * 10**9))  # final newer: final wins
+    torch.save(final, fold / "checkpoint_latest.pth")  # the same epoch, latest newer: final wins the tie
     assert resume_checkpoint(fold) == fold / "checkpoint_final.pth"
+    (fold / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="checkpoint_final.pth: cannot read the checkpoint"):
+        resume_checkpoint(fold)
     for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
         (fold / name).unlink()
     assert resume_checkpoint(fold) == (fold / "checkpoint_best.pth" if (fold / "checkpoint_best.pth").is_file()
                                        else None)
+
+def test_continue_takes_the_saved_schedule_and_refuses_a_different_one(tiny_project, tmp_path, capsys):
+    """Issue 12.7/12.8: --continue without --lr-schedule goes on with the run's poly schedule (it used to load the
+    poly state into a plateau schedule: KeyError 'loss_ema'); a different schedule or lr is refused by name."""
+    from cps3d.cli import main
+
+    base = ["train", "-d", tiny_project.dataset_name, "--preprocessed-root", str(tiny_project.preprocessed_root),
+            "--results-root", str(tmp_path), "--device", "cpu", "--no-progress"]
+    assert main([*base, "--epochs", "2", "--lr-schedule", "poly", "--iters-per-epoch", "1", "--val-iters", "1",
+                 "--no-final-validation"]) == 0
+    assert main([*base, "--epochs", "3", "--continue"]) == 0
+    fold = tmp_path / tiny_project.dataset_name / "CPSTrainer__cps3dPlans__3d_fullres" / "fold_0"
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    saved = ckpt["cps3d"]["train_config"]
+    assert ckpt["current_epoch"] == 3 and saved["lr_schedule"] == "poly" and saved["iters_per_epoch"] == 1
+    assert saved["final_validation"] is False  # taken from the run, not TrainConfig's default
+    lrs = ckpt["logging"]["lrs"]
+    assert lrs[:2] == pytest.approx([0.01, 0.01 * 0.5 ** 0.9])
+    # the extension goes on from the current lr down to 0 at epoch 3 (not at the old end, epoch 2)
+    assert lrs[2] == pytest.approx(lrs[1] * (1 / 2) ** 0.9) and 0 < lrs[2] < lrs[1]
+    capsys.readouterr()
+    for option, value, saved_value in (("--lr-schedule", "plateau", "'poly'"), ("--initial-lr", "0.1", "0.01"),
+                                       ("--seed", "1", "12345")):
+        assert main([*base, "--epochs", "4", "--continue", option, value]) == 2
+        err = capsys.readouterr().err
+        name = option[2:].replace("-", "_")
+        assert f"cannot change {name} (the run was trained with {saved_value}, given" in err
+    assert torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["current_epoch"] == 3
+
+
+def test_resume_refuses_a_changed_option_and_logs_the_allowed_ones(tiny_project, tmp_path, caplog):
+    """Issue 12.8 in the API: a full TrainConfig that differs from the run's in a non-resumable option is refused
+    (plateau after poly used to switch schedules silently); epochs and the like are applied and logged."""
+    import logging
+
+    from cps3d.training.config import RESUMABLE, merge_for_resume
+
+    args = (tiny_project.dataset_name, tiny_project.preprocessed_root, tmp_path, "3d_fullres", 0)
+    train(*args, TrainConfig(epochs=1, lr_schedule="plateau", **QUICK), device="cpu", show_progress=False)
+    with pytest.raises(ValueError, match=r"lr_schedule \(the run was trained with 'plateau', given 'poly'\)"):
+        train(*args, TrainConfig(epochs=2, lr_schedule="poly", **QUICK), device="cpu", continue_training=True,
+              show_progress=False)
+    with pytest.raises(ValueError, match=r"momentum \(the run was trained with 0.99, given 0.9\)"):
+        train(*args, TrainConfig(epochs=2, momentum=0.9, **QUICK), device="cpu", continue_training=True,
+              show_progress=False)
+    with caplog.at_level(logging.INFO, logger="cps3d.training.run"):
+        t = train(*args, TrainConfig(epochs=2, save_every=2, **QUICK), device="cpu", continue_training=True,
+                  show_progress=False)
+    assert t.current_epoch == 2 and t.train_config.save_every == 2
+    assert "epochs: 1 -> 2" in caplog.text and "save_every: 1 -> 2" in caplog.text
+    assert "lambda keeps its ramp over 0 epochs" in caplog.text and t.train_config.lambda_ramp_epochs == 0
+    assert RESUMABLE == {"epochs", "max_minutes", "save_every", "final_validation", "val_iters"}
+    merged, _ = merge_for_resume(TrainConfig(epochs=4), {"max_minutes": 5.0, "lambda_ramp_epochs": None})
+    assert merged == TrainConfig(epochs=4, max_minutes=5.0)
+
+
+def test_poly_extension_goes_on_from_the_current_learning_rate():
+    from cps3d.training.schedules import extended_poly_initial_lr, poly_lr
+
+    assert extended_poly_initial_lr(0.01, 10, 10, 4) == 0.01  # a resumed kill: the same curve
+    new = extended_poly_initial_lr(0.01, 2, 3, 2)  # 2 epochs done of 2, extended to 3
+    assert poly_lr(1, new, 3) == pytest.approx(poly_lr(1, 0.01, 2))  # through the last trained epoch's lr
+    assert poly_lr(2, new, 3) > 0
+    with pytest.raises(ValueError, match="next_epoch=5"):
+        extended_poly_initial_lr(0.01, 4, 8, 5)
+
+
+def test_continue_finishes_a_final_validation_that_was_killed(tiny_project, tmp_path):
+    """Issue 12.9: a kill during nnU-Net's final validation leaves checkpoint_final.pth without
+    validation/summary.json; --continue used to say "nothing to do" forever."""
+    args = (tiny_project.dataset_name, tiny_project.preprocessed_root, tmp_path, "3d_fullres", 0)
+    config = TrainConfig(epochs=1, iters_per_epoch=1, val_iters=1, final_validation=True)
+    first = train(*args, config, device="cpu", show_progress=False)
+    validation = __import__("pathlib").Path(first.output_folder) / "validation"
+    assert (validation / "summary.json").is_file()
+    shutil.rmtree(validation)  # as if killed while predicting the validation cases
+    again = train(*args, config, device="cpu", continue_training=True, show_progress=False)
+    assert again.current_epoch == 1  # nothing retrained
+    assert "foreground_mean" in read_json(validation / "summary.json")

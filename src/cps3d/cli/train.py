@@ -28,15 +28,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("-f", "--fold", default="0",
                    help="fold 0-4 of nnU-Net's 5-fold split (0 to N-1 when the preprocessed dataset folder has a "
                    "splits_final.json with N folds), or 'all' (default: 0)")
-    p.add_argument("--mode", choices=("cps", "supervised"), default="cps", help="default: cps")
+    p.add_argument("--mode", choices=("cps", "supervised"), default=None, help="default: cps")
     p.add_argument("--plans-name", default="cps3dPlans", help="plans identifier (default: cps3dPlans)")
-    p.add_argument("--epochs", type=int, default=1000, help="default: 1000")
-    p.add_argument("--iters-per-epoch", type=int, default=250, help="training iterations per epoch (default: 250)")
-    p.add_argument("--val-iters", type=int, default=50, help="validation iterations per epoch (default: 50)")
-    p.add_argument("--lambda-max", type=float, default=0.5, help="final CPS weight (default: 0.5)")
+    p.add_argument("--epochs", type=int, default=None, help="default: 1000")
+    p.add_argument("--iters-per-epoch", type=int, default=None, help="training iterations per epoch (default: 250)")
+    p.add_argument("--val-iters", type=int, default=None, help="validation iterations per epoch (default: 50)")
+    p.add_argument("--lambda-max", type=float, default=None, help="final CPS weight (default: 0.5)")
     p.add_argument("--lambda-ramp-epochs", type=int, metavar="N",
                    help="epochs over which lambda rises from 0 to --lambda-max (default: half of --epochs)")
-    p.add_argument("--lambda-start-epoch", type=int, default=0, metavar="N",
+    p.add_argument("--lambda-start-epoch", type=int, default=None, metavar="N",
                    help="hold lambda at 0 for the first N epochs, then ramp (default: 0, the paper's; a warm-up for "
                         "short runs, where the cross terms can otherwise teach both networks to predict background)")
     p.add_argument("--cps-loss", choices=CROSS_LOSSES, default=None,
@@ -45,27 +45,31 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=None, metavar="T",
                    help="with --cps-loss ce: leave out of the cross terms the voxels where the other network's top "
                    "softmax probability is below T, in [0, 1) (default: 0, every voxel)")
-    p.add_argument("--lr-schedule", choices=("plateau", "poly"), default="plateau",
+    p.add_argument("--lr-schedule", choices=("plateau", "poly"), default=None,
                    help="ReduceLROnPlateau on the training loss (the paper's) or nnU-Net's poly decay (default: plateau)")
     p.add_argument("--plateau-on", choices=PLATEAU_SIGNALS, default=None,
                    help="the loss of each network that the plateau schedule watches: total (supervised + lambda x "
                    "CPS, which rises by design while lambda ramps up) or supervised (default: total)")
-    p.add_argument("--initial-lr", type=float, default=0.01, help="default: 0.01")
+    p.add_argument("--initial-lr", type=float, default=None, help="default: 0.01")
     p.add_argument("--momentum", type=float, default=None,
                    help="SGD (Nesterov) momentum (default: 0.99, nnU-Net's; for runs of a few hundred iterations 0.9 "
                    "with --initial-lr 0.1 learns much faster, see the README)")
-    p.add_argument("--seed", type=int, default=12345,
+    p.add_argument("--seed", type=int, default=None,
                    help="network 1 is initialised with SEED, network 2 with SEED+1 (default: 12345)")
-    p.add_argument("--save-every", type=int, default=1, help="write checkpoint_latest.pth every N epochs (default: 1)")
+    p.add_argument("--save-every", type=int, default=None, help="write checkpoint_latest.pth every N epochs (default: 1)")
     p.add_argument("--max-minutes", type=float, metavar="M",
                    help="stop after the epoch in which M minutes of training have passed (final checkpoint as if "
                    "--epochs had been reached; --continue goes on from there)")
-    p.add_argument("--no-final-validation", action="store_true",
-                   help="skip predicting the validation fold at the end")
-    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--final-validation", action=argparse.BooleanOptionalAction, default=None,
+                   help="predict the validation fold at the end, as nnU-Net does (default: on; --no-final-validation "
+                   "skips it)")
+    p.add_argument("--no-amp", dest="amp", action="store_const", const=False, default=None,
+                   help="disable mixed precision on CUDA")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--continue", dest="continue_training", action="store_true",
-                   help="resume from the fold's latest checkpoint (or extend a finished run to more --epochs)")
+                   help="resume from the fold's latest checkpoint (or extend a finished run to more --epochs); options not "
+                   "given are the run's own, and only --epochs, --max-minutes, --save-every, --val-iters and "
+                   "--[no-]final-validation may differ from them (see the README)")
     p.add_argument("--overwrite", action="store_true", help="train again from scratch over a finished run")
     p.add_argument("--num-gpus", type=int, default=1, metavar="N",
                    help="train with N processes under PyTorch DDP on this machine (launches torchrun: one process "
@@ -102,6 +106,31 @@ def _argv_without_num_gpus(argv: list[str]) -> list[str]:
     return out
 
 
+# the TrainConfig fields that options set, by argparse dest (every default is None: "not given")
+_CONFIG_OPTIONS = ("mode", "epochs", "iters_per_epoch", "val_iters", "lambda_max", "lambda_ramp_epochs",
+                   "lambda_start_epoch", "cps_loss", "confidence", "lr_schedule", "plateau_on", "initial_lr",
+                   "momentum", "seed", "save_every", "max_minutes", "final_validation", "amp")
+
+
+def _train_config(args: argparse.Namespace, preprocessed_root, results_root, dataset_name: str):
+    """TrainConfig's defaults with the options given; with --continue, the run folder's saved configuration with the
+    options given (``cps3d.training.run.train`` then refuses those that may not change)."""
+    from dataclasses import replace
+
+    from cps3d.training.config import TrainConfig
+    from cps3d.training.run import check_fold, model_folder, saved_train_config
+
+    given = {k: getattr(args, k) for k in _CONFIG_OPTIONS if getattr(args, k) is not None}
+    if args.continue_training:
+        fold = check_fold(args.fold, preprocessed_root, dataset_name)
+        folder = model_folder(results_root, dataset_name, given.get("mode", "cps"), args.plans_name,
+                              args.configuration) / f"fold_{fold}"
+        saved = saved_train_config(folder)
+        if saved is not None:
+            return replace(saved, **given)
+    return TrainConfig(**given)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.num_gpus < 1:
         raise common.CLIError(f"--num-gpus {args.num_gpus}: must be at least 1")
@@ -128,22 +157,11 @@ def run(args: argparse.Namespace) -> int:
         if args.num_workers < 0:
             raise common.CLIError(f"--num-workers {args.num_workers}: must be >= 0")
         os.environ["nnUNet_n_proc_DA"] = str(args.num_workers)
-    from cps3d.training.config import TrainConfig
     from cps3d.training.run import train
 
     res = common.results_root(args)
     try:
-        config = TrainConfig(mode=args.mode, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
-                             val_iters=args.val_iters, lambda_max=args.lambda_max,
-                             lambda_ramp_epochs=args.lambda_ramp_epochs,
-                             lambda_start_epoch=args.lambda_start_epoch, lr_schedule=args.lr_schedule,
-                             initial_lr=args.initial_lr, seed=args.seed, save_every=args.save_every,
-                             final_validation=not args.no_final_validation, amp=not args.no_amp,
-                             max_minutes=args.max_minutes,
-                             # options not given keep TrainConfig's defaults
-                             **{k: v for k, v in (("cps_loss", args.cps_loss), ("confidence", args.confidence),
-                                                  ("plateau_on", args.plateau_on), ("momentum", args.momentum))
-                                if v is not None})
+        config = _train_config(args, pre, res, name)
         trainer = train(name, pre, res, args.configuration, args.fold, config, args.plans_name, args.device,
                         args.continue_training, args.overwrite, show_progress=not args.no_progress)
     except (FileNotFoundError, FileExistsError, ValueError) as e:

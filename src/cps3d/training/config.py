@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 MODES = ("cps", "supervised")
 CROSS_LOSSES = ("dice_ce", "ce")  # the cross terms' loss (cps3d.training.losses)
 LR_SCHEDULES = ("plateau", "poly")
 PLATEAU_SIGNALS = ("total", "supervised")
+# Options that ``--continue`` may change: they say how long and how watchfully to go on, not what is trained. Every
+# other option shapes the state already in the checkpoint (networks, optimizers, schedules, seeds, loss) and is refused.
+RESUMABLE = frozenset({"epochs", "max_minutes", "save_every", "final_validation", "val_iters"})
 
 
 @dataclass(frozen=True)
@@ -110,3 +115,35 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training option(s): {sorted(unknown)}")
         return cls(**d)
+
+
+def merge_for_resume(saved: TrainConfig, given: Mapping[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """The configuration a resumed run trains with: ``saved`` (the run folder's) with the options in ``given``
+    (those the user gave; a full ``TrainConfig.to_dict()`` is fine) applied, and a line for the log per change.
+
+    Only the options in :data:`RESUMABLE` may differ from ``saved``; any other difference raises ValueError naming the
+    option, the saved value and the given one. With ``lambda_ramp_epochs`` unset (half of ``epochs``), a change of
+    ``epochs`` keeps the saved ramp (``lambda_ramp_epochs`` is set to it) so that lambda goes on from where it was; a
+    given ``lambda_ramp_epochs=None`` therefore always means the run's own ramp.
+    """
+    unknown = set(given) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"unknown training option(s): {sorted(unknown)}")
+    changed = {k: v for k, v in given.items() if v != getattr(saved, k)
+               # None (half of epochs) after a resume that pinned the ramp: the run's ramp, not a change
+               and not (k == "lambda_ramp_epochs" and v is None)}
+    refused = sorted(set(changed) - RESUMABLE)
+    if refused:
+        raise ValueError("--continue cannot change " + "; ".join(
+            f"{k} (the run was trained with {getattr(saved, k)!r}, given {changed[k]!r})" for k in refused)
+            + ": only " + ", ".join(sorted(RESUMABLE)) + " may change; train anew with --overwrite to change the rest")
+    merged = replace(saved, **changed)
+    notes = [f"{k}: {getattr(saved, k)!r} -> {v!r}" for k, v in sorted(changed.items())]
+    if "epochs" in changed:
+        if saved.lambda_ramp_epochs is None:
+            merged = replace(merged, lambda_ramp_epochs=saved.ramp_epochs)
+            notes.append(f"lambda keeps its ramp over {saved.ramp_epochs} epochs (half of the saved {saved.epochs})")
+        if saved.lr_schedule == "poly":
+            notes.append(f"poly learning rate: decays from its current value to 0 at epoch {merged.epochs} "
+                         f"(instead of {saved.epochs})")
+    return merged, notes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from cps3d.files import read_json
 from cps3d.nnunet_env import nnunet_folders
 from cps3d.planning import DEFAULT_PLANS_NAME, load_plans
 from cps3d.preprocessing import unlabeled_folder
-from cps3d.training.config import TrainConfig
+from cps3d.training.config import TrainConfig, merge_for_resume
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +45,55 @@ def check_fold(fold: int | str, preprocessed_root: str | os.PathLike, dataset_na
     return number
 
 
+def _checkpoint_epoch(path: Path) -> int:
+    """The epoch a checkpoint resumes at (its ``current_epoch``); ValueError naming the file if it cannot be read or
+    has none."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # mmap: no weights are read
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{path}: cannot read the checkpoint ({e}); move it away to resume from the other one") from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("current_epoch"), int):
+        raise ValueError(f"{path}: not a training checkpoint (no integer 'current_epoch')")
+    return ckpt["current_epoch"]
+
+
 def resume_checkpoint(fold_folder: str | os.PathLike) -> Path | None:
-    """The checkpoint ``--continue`` resumes from: the newer of ``checkpoint_final.pth`` and
-    ``checkpoint_latest.pth``, else ``checkpoint_best.pth``, else None.
+    """The checkpoint ``--continue`` resumes from: the one of ``checkpoint_final.pth`` and ``checkpoint_latest.pth``
+    with the later epoch (``current_epoch``; the final one on a tie), else ``checkpoint_best.pth``, else None.
 
     nnU-Net prefers the final checkpoint whenever it exists; but a finished run extended to more epochs and killed
-    midway has an old final checkpoint and a newer latest one, and resuming from the final one would throw the
-    extension away. Checkpoints are written atomically, so the newer file is the later state.
+    midway has an old final checkpoint and a later latest one, and resuming from the final one would throw the
+    extension away. The epoch stored in the file decides, not its modification time, which a copy of the run folder
+    need not keep.
     """
     folder = Path(fold_folder)
     candidates = [folder / c for c in ("checkpoint_final.pth", "checkpoint_latest.pth") if (folder / c).is_file()]
     if candidates:
-        return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+        epochs = [_checkpoint_epoch(c) for c in candidates]
+        return candidates[epochs.index(max(epochs))]  # the first of equal epochs: final
     best = folder / "checkpoint_best.pth"
     return best if best.is_file() else None
+
+
+def saved_train_config(fold_folder: str | os.PathLike, checkpoint: Path | None = None) -> TrainConfig | None:
+    """The configuration a run folder was trained with: the ``cps3d.train_config`` of ``checkpoint`` (by default the
+    one ``--continue`` resumes from, :func:`resume_checkpoint`), else ``train_config`` in ``cps3d_config.json``, else
+    None (nothing trained yet). Raises ValueError naming the file if the saved configuration is not a valid one."""
+    folder = Path(fold_folder)
+    checkpoint = checkpoint if checkpoint is not None else resume_checkpoint(folder)
+    if checkpoint is not None:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        saved, source = ckpt.get("cps3d", {}).get("train_config"), checkpoint
+    else:
+        saved, source = None, None
+    if saved is None and (folder / "cps3d_config.json").is_file():
+        saved, source = read_json(folder / "cps3d_config.json").get("train_config"), folder / "cps3d_config.json"
+    if saved is None:
+        return None
+    try:
+        return TrainConfig.from_dict(saved)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: its saved training configuration is not valid ({e})") from e
 
 
 def default_device() -> torch.device:
@@ -123,10 +159,16 @@ def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root:
     plans["continue_training"] = continue_training  # nnU-Net's trainer pops this key
     with nnunet_folders(preprocessed=preprocessed_root, results=results_root):
         trainer = TRAINERS[config.mode](plans, configuration, fold, dataset_json, device)
-        trainer.configure(config, show_progress=show_progress)
         out = Path(trainer.output_folder)
+        checkpoint = resume_checkpoint(out) if continue_training else None
+        if checkpoint is not None:
+            saved = saved_train_config(out, checkpoint)
+            if saved is not None:  # the run folder's configuration rules; only RESUMABLE options may change
+                config, changes = merge_for_resume(saved, config.to_dict())
+                for change in changes:
+                    log.info("--continue: %s", change)
+        trainer.configure(config, show_progress=show_progress)
         if continue_training:
-            checkpoint = resume_checkpoint(out)
             if checkpoint is not None:
                 log.info("Resuming from %s", checkpoint)
                 trainer.load_checkpoint(str(checkpoint))
@@ -136,8 +178,14 @@ def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root:
             raise FileExistsError(f"{out} already holds a finished training; pass --continue to resume or extend it "
                                   "(with more --epochs), or --overwrite to train again from scratch")
         if trainer.current_epoch >= trainer.num_epochs:
-            log.info("Training already finished (%d of %d epochs); nothing to do", trainer.current_epoch,
-                     trainer.num_epochs)
+            if config.final_validation and not (out / "validation" / "summary.json").is_file():
+                # killed during the final validation (it runs after checkpoint_final.pth is written): finish it
+                log.info("Training finished (%d of %d epochs) but %s is missing: running the final validation",
+                         trainer.current_epoch, trainer.num_epochs, out / "validation" / "summary.json")
+                trainer.perform_actual_validation()
+            else:
+                log.info("Training already finished (%d of %d epochs); nothing to do", trainer.current_epoch,
+                         trainer.num_epochs)
         else:
             trainer.run_training()
             if config.final_validation:

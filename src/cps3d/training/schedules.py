@@ -35,6 +35,24 @@ def poly_lr(epoch: int, initial_lr: float, max_epochs: int, exponent: float = 0.
     return initial_lr * (1 - epoch / max_epochs) ** exponent
 
 
+def extended_poly_initial_lr(initial_lr: float, old_max_epochs: int, new_max_epochs: int, next_epoch: int,
+                             exponent: float = 0.9) -> float:
+    """The ``initial_lr`` of a poly curve over ``new_max_epochs`` that passes through the learning rate the old
+    curve (``initial_lr`` over ``old_max_epochs``) gave the last trained epoch, ``next_epoch - 1``.
+
+    How ``--continue`` with another number of epochs goes on under poly: from the current learning rate down to 0 at
+    the new end, instead of from 0 (the old curve's end) or jumping back up to the new curve over the whole run.
+    Unchanged epochs give back ``initial_lr``. Raises ValueError unless ``1 <= next_epoch <= min(old, new)`` (an
+    epoch was trained and one is left to train).
+    """
+    if not 1 <= next_epoch <= min(old_max_epochs, new_max_epochs):
+        raise ValueError(f"next_epoch={next_epoch}: must be within [1, {min(old_max_epochs, new_max_epochs)}]")
+    if new_max_epochs == old_max_epochs:
+        return initial_lr
+    last = next_epoch - 1
+    return initial_lr * ((1 - last / old_max_epochs) / (1 - last / new_max_epochs)) ** exponent
+
+
 class PlateauSchedule:
     """ReduceLROnPlateau on an exponential moving average of an epoch's training loss (nnU-Net v1's recipe).
 
@@ -65,5 +83,8 @@ class PlateauSchedule:
         return {"loss_ema": self.loss_ema, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or not {"loss_ema", "scheduler"} <= set(state):
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"not the state of a plateau schedule (keys 'loss_ema', 'scheduler'); found {found}")
         self.loss_ema = state["loss_ema"]
         self.scheduler.load_state_dict(state["scheduler"])

@@ -55,7 +55,7 @@ from cps3d.training.losses import (
     pseudo_label_stats,
 )
 from cps3d.training.progress import plot_progress
-from cps3d.training.schedules import PlateauSchedule, cps_lambda
+from cps3d.training.schedules import PlateauSchedule, cps_lambda, extended_poly_initial_lr
 
 # keys we log once per epoch in addition to nnU-Net's own
 _CPS_LOG_KEYS = ("train_sup_losses", "train_cps_losses", "train_losses_net1", "train_losses_net2", "lambda", "lrs_2",
@@ -599,11 +599,20 @@ class CPSTrainer(nnUNetTrainer):
             unwrap(net).load_state_dict({k[7:] if k.startswith("module.") else k: v for k, v in w.items()})
         for opt, s in zip(self.optimizers, opt_states):
             opt.load_state_dict(s)
+        saved_schedule = meta.get("train_config", {}).get("lr_schedule", self.train_config.lr_schedule)
+        if saved_schedule != self.train_config.lr_schedule:
+            raise ValueError(f"lr_schedule: the checkpoint was trained with {saved_schedule!r}, this trainer is "
+                             f"configured with {self.train_config.lr_schedule!r}")
         for sched, s in zip(self.schedulers, ckpt["lr_scheduler_states"]):
             sched.load_state_dict(s)
         if self.grad_scaler is not None and ckpt.get("grad_scaler_state") is not None:
             self.grad_scaler.load_state_dict(ckpt["grad_scaler_state"])
         self.current_epoch = ckpt["current_epoch"]
+        if self.train_config.lr_schedule == "poly" and self.current_epoch < self.num_epochs:
+            for sched in self.schedulers:  # another number of epochs: go on from the current lr, not from 0
+                sched.initial_lr = extended_poly_initial_lr(sched.initial_lr, sched.max_steps, self.num_epochs,
+                                                            self.current_epoch, sched.exponent)
+                sched.max_steps = self.num_epochs
         self.logger.load_checkpoint(ckpt["logging"])
         self._best_ema = ckpt["_best_ema"]
         self.inference_allowed_mirroring_axes = ckpt.get("inference_allowed_mirroring_axes",
