@@ -8,19 +8,20 @@ from cps3d.training.schedules import cps_lambda
 
 
 @pytest.mark.parametrize("minutes, t_sup, t_cps, cps_minutes, iters, epochs", [
-    # 15 min: training 0.88 x 15 - 0.6 = 12.6 min; CPS share 0.8 / (0.8 + 0.2) -> 10.08 min;
-    # 604.8 s / (1.25 x 0.8 s) = 604 iterations -> 30 per epoch, 20 epochs
-    (15, 0.2, 0.8, 10.08, 30, 20),
-    # a 3.4x slower machine: 604.8 / (1.25 x 2.72) = 177 iterations -> 10 per epoch (the minimum), 17 epochs
-    (15, 0.68, 2.72, 10.08, 10, 17),
-    # 1 minute: training max(0.5, 0.28) = 0.5 min, CPS 0.4 min = 24 s / (1.25 x 0.8) = 24 iterations -> 2 x 10
-    (1, 0.2, 0.8, 0.4, 10, 2),
-    # a fast step: 12.6 x 0.75 = 9.45 min = 567 s / (1.25 x 0.03) = 15120 iterations -> 50 per epoch (the maximum)
-    (15, 0.01, 0.03, 9.45, 50, 302),
+    # 15 min: training 0.88 x 15 - 0.6 = 12.6 min; costs 0.8 (CPS) and 1.4 x 0.2 = 0.28 (supervised) -> CPS gets
+    # 12.6 x 0.8 / 1.08 = 9.333 min = 560 s / 0.8 s = 699.99 -> 699 iterations -> 34 per epoch, 20 epochs
+    (15, 0.2, 0.8, 9.3333, 34, 20),
+    # a 3.4x slower machine: the same share, 560 / 2.72 = 205 iterations -> 10 per epoch (the minimum), 20 epochs
+    (15, 0.68, 2.72, 9.3333, 10, 20),
+    # 1 minute: training max(0.5, 0.28) = 0.5 min, CPS 0.5 x 0.8 / 1.08 = 0.37 min = 22.2 s / 0.8 s = 27 iterations
+    # -> 2 epochs of 10
+    (1, 0.2, 0.8, 0.37037, 10, 2),
+    # a fast step: 12.6 x 0.03 / (0.03 + 0.014) = 8.591 min = 515.5 s / 0.03 s = 17181 iterations -> 50 per epoch
+    (15, 0.01, 0.03, 8.5909, 50, 343),
 ])
 def test_schedule_sizes_epochs_and_the_lambda_ramp(minutes, t_sup, t_cps, cps_minutes, iters, epochs):
     s = training_schedule(minutes, "cpu", t_sup, t_cps)
-    assert s["cps_minutes"] == pytest.approx(cps_minutes)
+    assert s["cps_minutes"] == pytest.approx(cps_minutes, rel=1e-4)
     assert (s["iters_per_epoch"], s["expected_epochs"]) == (iters, epochs)
     assert s["lambda_start_epoch"] == 0 and s["lambda_ramp_epochs"] == max(1, epochs // 2)
     lam = [cps_lambda(e, 0.5, s["lambda_ramp_epochs"], s["lambda_start_epoch"]) for e in range(epochs)]

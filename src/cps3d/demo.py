@@ -58,10 +58,12 @@ def training_schedule(minutes: float, device: str, t_sup: float, t_cps: float) -
     against a wildly wrong measurement.
     """
     train_minutes = max(0.5, (1 - RESERVE_SHARE) * minutes - RESERVE_MINUTES)
-    cps_minutes = train_minutes * t_cps / (t_cps + t_sup)
-    # data loading (augmentation in the training process) and validation on top of the step
-    overhead = 1.25 if device == "cpu" else 1.5
-    expected = max(4, int(60 * cps_minutes / (overhead * t_cps)))
+    # data loading (augmentation in the training process) and validation on top of the step: measured on one CPU
+    # core, a CPS iteration took about the calibrated step, a supervised one 1.25-1.4x it (one batch to load for a
+    # quarter of the network work)
+    cps_cost, sup_cost = (1.0 * t_cps, 1.4 * t_sup) if device == "cpu" else (1.5 * t_cps, 2.0 * t_sup)
+    cps_minutes = train_minutes * cps_cost / (cps_cost + sup_cost)
+    expected = max(4, int(60 * cps_minutes / cps_cost))
     iters_per_epoch = int(np.clip(expected // 20, 10, 50))
     epochs = max(2, expected // iters_per_epoch)
     return {"max_epochs": 100 * epochs, "expected_epochs": epochs, "iters_per_epoch": iters_per_epoch,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from cps3d.cli import common
+from cps3d.demo import DemoConfig
+from cps3d.phantoms.params import SIZES
 
 COMMAND = "demo"
 
@@ -24,24 +26,26 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="wall-clock budget of the whole run; training time and network size scale with it "
                    "(default: 15, sized for 2 CPU cores)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    p.add_argument("--labeled", type=int, default=5, help="labeled phantoms (default: 5)")
-    p.add_argument("--unlabeled", type=int, default=20, help="unlabeled phantoms (default: 20)")
-    p.add_argument("--test", type=int, default=4, help="held-out labeled test phantoms (default: 4)")
-    p.add_argument("--size", choices=("small", "medium", "full"), default="medium",
-                   help="phantom size (default: medium)")
-    p.add_argument("--seed", type=int, default=0, help="phantom seed (default: 0)")
+    # defaults are DemoConfig's (None here: "not given"), so that the two cannot disagree
+    d = DemoConfig()
+    p.add_argument("--labeled", type=int, help=f"labeled phantoms (default: {d.labeled})")
+    p.add_argument("--unlabeled", type=int, help=f"unlabeled phantoms (default: {d.unlabeled})")
+    p.add_argument("--test", type=int, help=f"held-out labeled test phantoms (default: {d.test})")
+    p.add_argument("--size", choices=SIZES, help=f"phantom size (default: {d.size})")
+    p.add_argument("--seed", type=int, help=f"phantom seed (default: {d.seed})")
     common.add_num_processes(p, default=2, what="processes for data preparation and evaluation")
     common.add_no_progress(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from cps3d.demo import DemoConfig, run_demo
+    from cps3d.demo import run_demo
 
+    given = {k: getattr(args, k) for k in ("labeled", "unlabeled", "test", "size", "seed")
+             if getattr(args, k) is not None}
     try:
-        config = DemoConfig(workdir=args.workdir, minutes=args.minutes, device=args.device, labeled=args.labeled,
-                            unlabeled=args.unlabeled, test=args.test, size=args.size, seed=args.seed,
-                            num_processes=args.num_processes, progress=not args.no_progress)
+        config = DemoConfig(workdir=args.workdir, minutes=args.minutes, device=args.device,
+                            num_processes=args.num_processes, progress=not args.no_progress, **given)
     except ValueError as e:
         raise common.CLIError(str(e)) from e
     path, table = run_demo(config)
