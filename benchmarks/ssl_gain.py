@@ -204,28 +204,30 @@ def report(results: list[dict], args, data: dict, methods: dict, wall: float) ->
     split = args.evaluate[0]
     for k in args.labeled:
         rows = []
-        mine = {m: sorted((r for r in results if r["labeled"] == k and r["method"] == m), key=lambda r: r["seed"])
-                for m in methods}
-        organs = list(next(iter(mine.values()))[0]["scores"][split]["per_organ"]) if mine else []
+        mine = {m: {r["seed"]: r for r in results if r["labeled"] == k and r["method"] == m} for m in methods}
+        mine = {m: dict(sorted(rs.items())) for m, rs in mine.items() if rs}
+        if not mine:
+            continue
+        organs = list(next(iter(next(iter(mine.values())).values()))["scores"][split]["per_organ"])
         for metric in ("DSC", "NSD"):
             for m, rs in mine.items():
-                means = [r["scores"][split]["mean"][f"{metric}_mean"] for r in rs]
-                rows.append([f"{m} mean {metric}", _mean_sd(means), " / ".join(f"{v:.3f}" for v in means),
-                             f"{statistics.median(r['train_seconds'] for r in rs):.0f}"])
-        base = mine.get("baseline")
-        if base:
-            for m, rs in mine.items():
-                if m == "baseline":
-                    continue
-                diffs = [r["scores"][split]["mean"]["DSC_mean"] - b["scores"][split]["mean"]["DSC_mean"]
-                         for r, b in zip(rs, base)]
-                rows.append([f"{m} - baseline, mean DSC", _mean_sd(diffs), " / ".join(f"{v:+.3f}" for v in diffs), ""])
-        lines.append(f"### {k} labeled cases ({split} phantoms, {len(args.seeds)} seed(s): {args.seeds})\n")
+                means = [r["scores"][split]["mean"][f"{metric}_mean"] for r in rs.values()]
+                rows.append([f"{m} mean {metric}", _mean_sd(means),
+                             " / ".join(f"{v:.3f}" for v in means) + f" (seeds {', '.join(map(str, rs))})",
+                             f"{statistics.median(r['train_seconds'] for r in rs.values()):.0f}"])
+        base = mine.get("baseline", {})
+        for m, rs in mine.items():
+            seeds = [s for s in rs if s in base]
+            if m == "baseline" or not seeds:
+                continue
+            diffs = [rs[s]["scores"][split]["mean"]["DSC_mean"] - base[s]["scores"][split]["mean"]["DSC_mean"]
+                     for s in seeds]
+            rows.append([f"{m} - baseline, mean DSC (paired by seed)", _mean_sd(diffs),
+                         " / ".join(f"{v:+.3f}" for v in diffs), ""])
+        lines.append(f"### {k} labeled cases ({split} phantoms)\n")
         lines.append(markdown_table(["", "mean ± sd over seeds", "per seed", "train s (median)"], rows))
-        organ_rows = []
-        for o in organs:
-            organ_rows.append([o] + [_mean_sd([r["scores"][split]["per_organ"][o]["DSC"] for r in rs])
-                                     for rs in mine.values()])
+        organ_rows = [[o] + [_mean_sd([r["scores"][split]["per_organ"][o]["DSC"] for r in rs.values()])
+                             for rs in mine.values()] for o in organs]
         lines.append("\nPer-organ DSC (mean ± sd over seeds):\n")
         lines.append(markdown_table(["organ", *mine], organ_rows))
         lines.append("")
@@ -236,7 +238,8 @@ def report(results: list[dict], args, data: dict, methods: dict, wall: float) ->
             f"{args.epochs} x {args.iters} iterations with SGD {OPTIMIZERS[args.optimizer]}, intensity statistics "
             f"`{args.intensity}`. Methods: "
             + "; ".join(f"`{m}` = {v}" for m, v in methods.items())
-            + f". Wall time of the whole benchmark: {wall / 60:.1f} min.\n\n"
+            + f". Training time of all runs: {sum(r['train_seconds'] for r in results) / 60:.0f} min"
+            + ("" if args.report_only else f"; wall time of this invocation: {wall / 60:.1f} min") + ".\n\n"
             f"Command: `python benchmarks/ssl_gain.py {' '.join(sys.argv[1:])}`\n")
     return head + "\n" + "\n".join(lines)
 
@@ -270,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="which phantoms to score (the first is reported); choose settings on val only")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once (one torch thread each when > 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1 when --jobs > 1)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: report the runs already finished under --work-dir (and list the missing ones)")
     p.add_argument("--quick", action="store_true", help="1 seed, 2 labeled, 10 x 20 iterations: a short check")
     p.add_argument("--work-dir", default="ssl_gain_work")
     p.add_argument("--json", default=None)
@@ -304,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
             Path(s["run_dir"]).mkdir(parents=True, exist_ok=True)
             todo.append(s)
     print(f"{len(specs)} runs, {len(results)} already done", flush=True)
+    if args.report_only:
+        for s in todo:
+            print(f"not done: {s['labeled']} labeled, seed {s['seed']}, {s['method']}")
+        todo = []
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         for r in pool.map(run_one, todo):
             results.append(r)

@@ -284,7 +284,7 @@ class Demo:
         return folder
 
     def predict(self, ds, models: dict[str, Path]) -> dict[str, Path]:
-        from cps3d.evaluation.profiler import ResourceProfiler
+        from cps3d.evaluation.profiler import FLARE_GPU_ALLOWANCE_MB, ResourceProfiler
         from cps3d.inference import PRESETS, PredictConfig, predict
 
         self._step(4, "predicting the test scans (step 0.7, no TTA; CPS also with the paper's forced spacing)")
@@ -304,7 +304,7 @@ class Demo:
                     report = predict(images, out, model, config, profiler=prof)
                 if not report.ok:
                     raise RuntimeError(f"prediction failed for: {', '.join(map(str, report.failed))}")
-                prof.write(self.work / "profiles" / slug, gpu_allowance_mb=2048,
+                prof.write(self.work / "profiles" / slug, gpu_allowance_mb=FLARE_GPU_ALLOWANCE_MB,
                            extra={"run": run, "model": str(model)})
                 self.state.record(f"predict_{slug}", settings)
             outputs[run] = out
