@@ -20,6 +20,8 @@ DOCUMENTED = {
     "profile": ["-o", "--interval", "--gpu-allowance-mb"],
     "phantoms": ["--labeled", "--unlabeled", "--test", "--seed", "--size", "--dataset-id"],
     "demo": ["--workdir", "--minutes", "--device"],
+    "compare": ["-d", "-c", "-o", "--labeled", "--seeds", "--methods", "--epochs", "--iters-per-epoch",
+                "--max-minutes", "--holdout", "--split", "--device", "--jobs"],
 }
 
 

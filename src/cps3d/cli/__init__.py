@@ -16,7 +16,7 @@ from cps3d import __version__
 from cps3d.cli.common import ArgumentParser, CLIError
 
 # Order in which subcommands are listed in ``cps3d --help`` (the pipeline order); unknown ones follow alphabetically.
-_ORDER = ["demo", "phantoms", "check", "plan", "preprocess", "train", "predict", "evaluate", "profile"]
+_ORDER = ["demo", "phantoms", "check", "plan", "preprocess", "train", "predict", "evaluate", "compare", "profile"]
 
 
 def _command_modules():
