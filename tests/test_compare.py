@@ -245,3 +245,28 @@ def test_cli_refuses_a_labeled_count_larger_than_the_training_set(tiny_project, 
     err = capsys.readouterr().err
     assert "cps3d compare: error: labeled count 99 is larger than the training set: 6 labeled case(s)" in err
     assert not (tmp_path / "c" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_device_cuda_is_passed_to_training_and_refused_without_cuda(tiny_project, tmp_path, monkeypatch):
+    import torch
+
+    import cps3d.training.run as training_run
+    from cps3d.compare import run_compare
+
+    ds = RawDataset.from_root(str(tiny_project.raw_root), tiny_project.dataset_name)
+    config = CompareConfig(labeled=(2,), seeds=(0,), train=TINY_TRAIN, device="cuda", progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda' was requested but no CUDA device is available"):
+        run_compare(ds, tiny_project.preprocessed_root, tmp_path / "a", config)
+    seen = []
+
+    def record(*args, **kwargs):
+        seen.append(kwargs["device"])
+        raise KeyboardInterrupt  # stop before anything touches a GPU
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(training_run, "train", record)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(ds, tiny_project.preprocessed_root, tmp_path / "b", config)
+    assert seen == ["cuda"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from cps3d.cli import common
 from cps3d.compare.config import EVALUATE, METHODS, OPTIMIZERS, CompareConfig
@@ -72,19 +73,21 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise common.CLIError(f"--seeds {args.seeds}: must be at least 1")
     ds, _, pre = common.checked_dataset(args)
-    given = {k: getattr(args, k) for k in ("configuration", "jobs", "threads", "plans_name", "bootstrap")
-             if getattr(args, k) is not None}
+    options: dict[str, Any] = {k: getattr(args, k) for k in ("configuration", "jobs", "threads", "plans_name",
+                                                             "bootstrap") if getattr(args, k) is not None}
+    if args.seeds is not None:
+        options["seeds"] = tuple(range(args.seeds))
+    if args.methods:
+        options["methods"] = {m: METHODS[m] for m in args.methods}
+    if args.evaluate:
+        options["evaluate"] = (args.evaluate,)
     train = dict(OPTIMIZERS[args.optimizer])
     train.update({k: getattr(args, k) for k in ("epochs", "iters_per_epoch", "val_iters")
                   if getattr(args, k) is not None})
     try:
-        config = CompareConfig(
-            labeled=tuple(args.labeled) if args.labeled else None,
-            **({"seeds": tuple(range(args.seeds))} if args.seeds is not None else {}),
-            **({"methods": {m: METHODS[m] for m in args.methods}} if args.methods else {}),
-            **({"evaluate": (args.evaluate,)} if args.evaluate else {}),
-            train=train, max_minutes=args.max_minutes, device=args.device, keep=not args.discard_models,
-            progress=not args.no_progress, **given)
+        config = CompareConfig(labeled=tuple(args.labeled) if args.labeled else None, train=train,
+                               max_minutes=args.max_minutes, device=args.device, keep=not args.discard_models,
+                               progress=not args.no_progress, **options)
         split = Split.load(args.split) if args.split else None
         result = run_compare(ds, pre, args.output, config, split=split, holdout=args.holdout,
                              validation=args.validation, split_seed=args.split_seed)

@@ -77,7 +77,8 @@ class CompareConfig:
         case. seeds: comparison seeds; each picks its own subsets and initialises every method's networks alike.
     methods: {name: TrainConfig fields}; exactly one with ``mode`` supervised (the baseline every CPS method is
         paired with) and at least one CPS method. train: TrainConfig fields shared by every method (epochs,
-        iterations, optimizer...); ``seed`` and ``mode`` are set per run.
+        iterations, optimizer...; ``final_validation`` is off unless set: the comparison scores its own held-out
+        cases); ``seed`` and ``mode`` are set per run.
     max_minutes: each CPS run stops after the epoch in which this much training time passed; the baseline of the
         same labeled cases then trains as many epochs as the shortest of them (equal iterations). None: no limit.
     evaluate: the held-out cases scored, ``test`` and/or ``val`` (the first one is reported).
@@ -149,7 +150,7 @@ class CompareConfig:
 
     def run_config(self, method: str, seed: int) -> dict[str, Any]:
         """The TrainConfig fields of ``method``'s run for comparison seed ``seed``."""
-        return {**self.train, "seed": train_seed(seed), **self.methods[method]}
+        return {"final_validation": False, **self.train, "seed": train_seed(seed), **self.methods[method]}
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (dict(getattr(self, f.name)) if isinstance(getattr(self, f.name), Mapping)
