@@ -113,11 +113,11 @@ def markdown(summary: dict[str, Any]) -> str:
             for m, g in gains.items():
                 v = g[metric][MEAN]
                 rows.append([f"{m} - {base}, mean {metric}", _gain(v), " / ".join(f"{x:+.3f}" for x in v["per_seed"]),
-                             "", f"{v['wins']}/{v['pairs']} pairs > 0"])
+                             f"{v['wins']}/{v['pairs']} pairs", ""])
         rules = "FLARE 2022 rules" if block["flare_rules"] else "DSC and NSD per label (dataset.json tolerances)"
         out.append(f"### {k} labeled cases ({len(block['cases'])} {split} cases, {rules}; seeds {seeds})\n")
         out.append(markdown_table(["", f"mean ± sd over seeds; differences: paired mean [{level} % CI]", "per seed",
-                                   "epochs", "train s (median)"], rows))
+                                   "epochs; differences: pairs > 0", "train s (median)"], rows))
         organ_rows = []
         for o in [*block["organs"], MEAN]:
             row = [o if o != MEAN else "**mean**"]
