@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
@@ -12,19 +12,21 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
-def imap_cases(fn: Callable[..., T], arguments: Sequence[tuple], num_processes: int = 1, desc: str = "",
+def imap_cases(fn: Callable[..., T], arguments: Iterable[tuple], num_processes: int = 1, desc: str = "",
                progress: bool = True, max_pending: int | None = None) -> Iterator[tuple[int, T | BaseException]]:
-    """Call ``fn(*arguments[i])`` for every i and yield ``(i, result)`` as results arrive (any order).
+    """Call ``fn(*a)`` for the i-th ``a`` of ``arguments`` and yield ``(i, result)`` as results arrive (any order).
 
     A call that raises yields ``(i, exception)`` instead of stopping the others, so the caller can name the case
     that failed. With ``num_processes <= 1`` everything runs in this process (no spawn cost, easy debugging).
     Workers are started with 'spawn', as nnU-Net does, so that torch's threads are never forked.
-    ``max_pending`` bounds how many calls are queued at once (memory: each may return a large array).
+    ``max_pending`` bounds how many calls are queued at once (memory: each may take or return a large array).
+    ``arguments`` may be a generator: the next one is only drawn when fewer than ``max_pending`` calls are queued,
+    so producing an argument (for example running a network) overlaps with the calls already running.
     """
-    total = len(arguments)
+    total = len(arguments) if isinstance(arguments, Sized) else None
     bar = tqdm(total=total, desc=desc, disable=not progress or total == 0, leave=False, dynamic_ncols=True)
     try:
-        if num_processes <= 1 or total <= 1:
+        if num_processes <= 1 or (total is not None and total <= 1):
             for i, a in enumerate(arguments):
                 try:
                     result: Any = fn(*a)
@@ -37,15 +39,16 @@ def imap_cases(fn: Callable[..., T], arguments: Sequence[tuple], num_processes: 
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=num_processes, mp_context=ctx) as pool:
             pending: dict[Future, int] = {}
-            todo: Iterable[int] = iter(range(total))
+            todo = enumerate(arguments)
             exhausted = False
             while pending or not exhausted:
                 while not exhausted and len(pending) < limit:
-                    i = next(todo, None)  # type: ignore[call-overload]
-                    if i is None:
+                    drawn = next(todo, None)
+                    if drawn is None:
                         exhausted = True
                         break
-                    pending[pool.submit(fn, *arguments[i])] = i
+                    pending[pool.submit(fn, *drawn[1])] = drawn[0]
+                    del drawn  # the pool holds the arguments until the call is done; no second reference here
                 if not pending:
                     break
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)

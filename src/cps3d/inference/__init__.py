@@ -3,7 +3,9 @@
 - :mod:`cps3d.inference.forced_spacing`: the paper's forced-spacing rule and the through-plane axis of a scan.
 - :mod:`cps3d.inference.inputs`: input folders, file lists and DICOM series as cases; ``--part-id/--num-parts``.
 - :mod:`cps3d.inference.model`: a model folder read without nnU-Net's class lookup by name.
-- :mod:`cps3d.inference.predictor`: :func:`predict` and :class:`PredictConfig` (the API of ``cps3d predict``).
+- :mod:`cps3d.inference.config`: :class:`PredictConfig`, the protocols and the per-case results of a run.
+- :mod:`cps3d.inference.prepare`: reading and preprocessing one case for the network.
+- :mod:`cps3d.inference.predictor`: :func:`predict` (the API of ``cps3d predict``): the run over the cases.
 - :mod:`cps3d.inference.export`: one-class-at-a-time export on the original grid, probabilities like nnU-Net.
 - :mod:`cps3d.inference.postprocessing`: largest connected component per label, or nnU-Net's decisions.
 

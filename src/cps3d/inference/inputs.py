@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +25,8 @@ from cps3d.images import error_text
 log = logging.getLogger(__name__)
 
 __all__ = ["Case", "InputProblem", "list_cases", "select_part", "read_dicom_series", "strip_ending"]
+
+T = TypeVar("T")
 
 _CHANNEL = re.compile(r"(.+)_(\d{4})")
 
@@ -207,13 +211,15 @@ def list_cases(inputs: Sequence[str | os.PathLike], endings: Sequence[str], num_
     return [cases[k] for k in sorted(cases)], problems
 
 
-def select_part(cases: Sequence[Case], part_id: int, num_parts: int) -> list[Case]:
-    """The ``part_id``-th of ``num_parts`` disjoint shares of ``cases`` sorted by case id: every ``num_parts``-th
-    case starting at ``part_id`` (nnU-Net's split). The shares of all part ids are disjoint and cover every case."""
+def select_part(items: Sequence[T], part_id: int, num_parts: int,
+                key: Callable[[Any], str] = attrgetter("case_id")) -> list[T]:
+    """The ``part_id``-th of ``num_parts`` disjoint shares of ``items`` (cases, or anything ``key`` gives a case id
+    of) sorted by case id: every ``num_parts``-th one starting at ``part_id`` (nnU-Net's split). The shares of all
+    part ids are disjoint and cover every item."""
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise ValueError(f"part_id={part_id}, num_parts={num_parts}: need num_parts >= 1 and "
                          f"0 <= part_id < num_parts")
-    return sorted(cases, key=lambda c: c.case_id)[part_id::num_parts]
+    return sorted(items, key=key)[part_id::num_parts]
 
 
 def _floats(text: str) -> list[float]:

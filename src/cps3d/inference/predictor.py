@@ -1,4 +1,6 @@
-"""Prediction with a trained cps3d (or nnU-Net) model: the API behind ``cps3d predict``.
+"""Prediction with a trained cps3d (or nnU-Net) model: the API behind ``cps3d predict``, the run over the cases.
+Its configuration and results live in :mod:`cps3d.inference.config`, reading and preprocessing one case in
+:mod:`cps3d.inference.prepare`.
 
 The pipeline per case is nnU-Net's: read (the plans' reader; DICOM series through SimpleITK), optionally assume a
 forced spacing (:mod:`cps3d.inference.forced_spacing`), preprocess (``DefaultPreprocessor.run_case_npy``), sliding
@@ -22,31 +24,23 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
-import multiprocessing
 import os
 import time
-from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
 from cps3d import __version__
 from cps3d.files import check_output_folder, read_json, write_json
-from cps3d.images import error_text, verify_image
-from cps3d.inference.export import EXPORT_MODES, ExportJob, export_case, output_paths
-from cps3d.inference.forced_spacing import PRESETS, ForcedSpacing, force_spacing_on_properties
-from cps3d.inference.inputs import Case, list_cases, read_dicom_series
-from cps3d.inference.model import BRANCHES, DEFAULT_CHECKPOINT, LoadedModel, load_model
+from cps3d.inference.config import PROTOCOLS, CaseFailure, CaseResult, PredictConfig, PredictionReport
+from cps3d.inference.export import ExportJob, export_case, output_paths
+from cps3d.inference.inputs import Case, list_cases, select_part
+from cps3d.inference.model import LoadedModel, load_model
 from cps3d.inference.postprocessing import Postprocessing
+from cps3d.inference.prepare import first_line, prepare_case
 from cps3d.parallel import imap_cases
 
 log = logging.getLogger(__name__)
@@ -54,138 +48,7 @@ log = logging.getLogger(__name__)
 __all__ = ["PredictConfig", "PROTOCOLS", "CaseResult", "CaseFailure", "PredictionReport", "CPSPredictor",
            "make_predictor", "prepare_case", "predict"]
 
-AVERAGES = ("probabilities", "logits")
 DICOM_ENDING = ".nii.gz"
-
-# whole inference protocols selectable with one flag
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    "paper": {"step_size": 0.7, "use_mirroring": False, "forced_spacing": PRESETS["paper"]},
-    "nnunet": {"step_size": 0.5, "use_mirroring": True, "forced_spacing": None},
-}
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """How to predict. Defaults follow the paper where it trades nothing away: step 0.7, no mirroring (TTA).
-
-    folds: fold numbers or ``"all"`` (None: every ``fold_N`` holding ``checkpoint``). branch: ``1``, ``2`` or
-    ``ensemble`` (both networks of a CPS model). ensemble_average: ``probabilities`` or ``logits`` (nnU-Net's) when
-    several parameter sets are averaged. step_size: sliding-window step as a fraction of the patch (0, 1].
-    use_mirroring: nnU-Net's mirroring test-time augmentation. device: ``cpu``, ``cuda``, ``cuda:N`` or None (CUDA when
-    available). forced_spacing: a :class:`ForcedSpacing` rule or None (off). postprocess: keep the largest component
-    of each label in ``postprocess_labels`` (None: all; nnU-Net's ``postprocessing.pkl`` when the model folder has
-    one). save_probabilities: also write nnU-Net's ``CASE.npz`` + ``CASE.pkl``. export_mode: ``low_memory`` (one
-    class at a time) or ``nnunet`` (all classes at once; always so with probabilities). overwrite: predict cases whose
-    output exists. part_id / num_parts: predict only every ``num_parts``-th case from ``part_id`` (sorted case ids).
-    num_processes: worker processes for reading and for export (1: everything in this process). progress: show a
-    progress bar.
-    """
-
-    folds: tuple[int | str, ...] | None = None
-    checkpoint: str = DEFAULT_CHECKPOINT
-    branch: str = "1"
-    ensemble_average: str = "probabilities"
-    step_size: float = 0.7
-    use_mirroring: bool = False
-    device: str | None = None
-    forced_spacing: ForcedSpacing | None = None
-    postprocess: bool = True
-    postprocess_labels: tuple[int, ...] | None = None
-    save_probabilities: bool = False
-    export_mode: str = "low_memory"
-    overwrite: bool = False
-    part_id: int = 0
-    num_parts: int = 1
-    num_processes: int = 1
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "branch", str(self.branch))
-        if self.branch not in BRANCHES:
-            raise ValueError(f"branch={self.branch!r}: choose one of {', '.join(BRANCHES)}")
-        if self.ensemble_average not in AVERAGES:
-            raise ValueError(f"ensemble_average={self.ensemble_average!r}: choose one of {', '.join(AVERAGES)}")
-        if not (isinstance(self.step_size, (int, float)) and math.isfinite(self.step_size)
-                and 0 < self.step_size <= 1):
-            raise ValueError(f"step_size={self.step_size!r}: must be in (0, 1] (a fraction of the patch size)")
-        if self.device is not None and not (self.device in ("cpu", "cuda") or
-                                            (self.device.startswith("cuda:") and self.device[5:].isdigit())):
-            raise ValueError(f"device={self.device!r}: choose cpu, cuda or cuda:N")
-        if self.forced_spacing is not None and not isinstance(self.forced_spacing, ForcedSpacing):
-            raise ValueError(f"forced_spacing={self.forced_spacing!r}: give a ForcedSpacing or None")
-        if self.postprocess_labels is not None:
-            object.__setattr__(self, "postprocess_labels", tuple(int(v) for v in self.postprocess_labels))
-            Postprocessing("largest_component", self.postprocess_labels)  # validates the labels
-        if self.export_mode not in EXPORT_MODES:
-            raise ValueError(f"export_mode={self.export_mode!r}: choose one of {', '.join(EXPORT_MODES)}")
-        if not isinstance(self.num_parts, int) or not isinstance(self.part_id, int) or self.num_parts < 1 \
-                or not 0 <= self.part_id < self.num_parts:
-            raise ValueError(f"part_id={self.part_id!r}, num_parts={self.num_parts!r}: need num_parts >= 1 and "
-                             "0 <= part_id < num_parts")
-        if not isinstance(self.num_processes, int) or self.num_processes < 1:
-            raise ValueError(f"num_processes={self.num_processes!r}: must be at least 1")
-        if not self.checkpoint or os.sep in self.checkpoint:
-            raise ValueError(f"checkpoint={self.checkpoint!r}: give a file name inside fold_N/, e.g. "
-                             f"{DEFAULT_CHECKPOINT}")
-        if self.folds is not None:
-            object.__setattr__(self, "folds", tuple(self.folds))
-
-    @classmethod
-    def for_protocol(cls, protocol: str, **overrides: Any) -> PredictConfig:
-        """A configuration with a whole protocol's settings (``paper``: step 0.7, no TTA, forced spacing ``paper``;
-        ``nnunet``: step 0.5, TTA, no forced spacing); ``overrides`` win over the protocol."""
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
-        return cls(**{**PROTOCOLS[protocol], **overrides})
-
-    def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["forced_spacing"] = None if self.forced_spacing is None else self.forced_spacing.to_dict()
-        for key in ("folds", "postprocess_labels"):
-            d[key] = None if d[key] is None else list(d[key])
-        return d
-
-
-@dataclass
-class CaseResult:
-    """One predicted case. Geometry in index order (x, y, z as in the file header); ``network_shape`` in the
-    network's array order; ``assumed_spacing`` is None without forced spacing."""
-
-    case_id: str
-    source: str
-    files: list[str]
-    shape: list[int]
-    spacing: list[float]
-    assumed_spacing: list[float] | None
-    network_shape: list[int]
-    network_voxels: int
-    predict_seconds: float
-    export_seconds: float = 0.0
-    labels: list[int] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class CaseFailure:
-    case_id: str | None
-    source: str
-    error: str
-
-    def __str__(self) -> str:
-        return f"{self.case_id or '-'} ({self.source}): {self.error}"
-
-
-@dataclass
-class PredictionReport:
-    """What a run did: ``predicted``, ``skipped`` (output existed), ``failed`` (with the input and the error)."""
-
-    output_dir: Path
-    predicted: list[CaseResult] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[CaseFailure] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
 
 
 # ------------------------------------------------------------------------------------------------------- predictor
@@ -250,79 +113,6 @@ def make_predictor(model: LoadedModel, config: PredictConfig):
     return predictor
 
 
-# ------------------------------------------------------------------------------------------------------- one case
-
-
-def _first_line(e: BaseException) -> str:
-    """The exception's type and the informative line of its message (see :func:`cps3d.images.error_text`)."""
-    text = error_text(e)
-    return type(e).__name__ if text == type(e).__name__ else f"{type(e).__name__}: {text}"
-
-
-def input_dimension(plans: dict) -> int:
-    """Number of dimensions of the images a model was trained on: 2 when nnU-Net's readers marked the dataset's
-    images as 2-D (they give the missing axis a spacing of 999), else 3."""
-    return 2 if 999 in [float(s) for s in plans.get("original_median_spacing_after_transp", ())] else 3
-
-
-def prepare_case(case: Case, plans: dict, configuration: str, dataset_json: dict,
-                 forced_spacing: ForcedSpacing | None) -> dict:
-    """Read and preprocess one case (runs in worker processes). Returns ``{"data"`` (channels, *network-order
-    shape) float32, ``"properties"`` (nnU-Net's), ``"info"`` (geometry for logs and the report)``}``.
-    Raises ValueError naming the input when it cannot be read or used: every channel file is first read in full by
-    :func:`cps3d.images.verify_image` (nnU-Net's SimpleITK reader turns a truncated NIfTI's missing voxels and NaN
-    into zeros without a word), which names an empty, truncated or corrupt file, NaN or infinite voxels and an
-    image of another dimensionality than the model's."""
-    pm = PlansManager(plans)
-    cm = pm.get_configuration(configuration)
-    n_channels = len(dataset_json["channel_names"])
-    if case.kind != "dicom":
-        dimension = input_dimension(plans)
-        for f in case.files:
-            try:
-                verify_image(f, dimension)
-            except FileNotFoundError as e:
-                raise ValueError(str(e)) from e
-    said = io.StringIO()
-    if case.kind == "dicom":
-        data, properties = read_dicom_series(case)  # its errors name the series and what is wrong
-    else:
-        try:
-            with contextlib.redirect_stdout(said):
-                data, properties = pm.image_reader_writer_class().read_images(list(case.files))
-        except Exception as e:
-            extra = " ".join(said.getvalue().split())
-            raise ValueError(f"{case.source}: cannot read ({_first_line(e)}{'; ' + extra if extra else ''})") from e
-    if data.ndim != 4 or data.shape[0] != n_channels:
-        raise ValueError(f"{case.source}: read {data.shape[0] if data.ndim == 4 else '?'} channel(s) of shape "
-                         f"{data.shape}, the model expects {n_channels} channel(s) of a 3D image")
-    if not math.isfinite(float(np.sum(data, dtype=np.float64))):  # NaN/inf anywhere; no full-size mask
-        raise ValueError(f"{case.source}: holds NaN or infinite values")
-    index_shape = [int(s) for s in data.shape[1:][::-1]]
-    index_spacing = [float(s) for s in properties["spacing"][::-1]]
-    info: dict[str, Any] = {"shape": index_shape, "spacing": index_spacing, "assumed_spacing": None}
-    if forced_spacing is not None:
-        try:
-            forced = force_spacing_on_properties(properties, data.shape[1:], forced_spacing)
-        except ValueError as e:
-            raise ValueError(f"{case.source}: {e}") from e
-        info["assumed_spacing"] = [float(s) for s in forced["assumed_spacing"][::-1]]
-        info["n_slices"] = forced["n_slices"]
-    # hand the image over without keeping a reference here: nnU-Net's first step copies it (astype), and the
-    # original can then be freed before the resampling, which is the peak of the whole prediction
-    holder = [data]
-    del data
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            data, _, properties = DefaultPreprocessor(verbose=False).run_case_npy(holder.pop(), None, properties, pm,
-                                                                                  cm, dataset_json)
-    except Exception as e:
-        raise ValueError(f"{case.source}: preprocessing failed ({_first_line(e)})") from e
-    info["network_shape"] = [int(s) for s in data.shape[1:]]
-    info["network_voxels"] = int(np.prod(data.shape[1:]))
-    return {"data": data, "properties": properties, "info": info}
-
-
 def _fmt(values: Sequence[float]) -> str:
     return " x ".join(f"{v:.4g}" for v in values)
 
@@ -375,7 +165,7 @@ def predict(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, 
 
     # the share of this part: every num_parts-th of all case ids (including those with input problems)
     ids = sorted({c.case_id for c in cases} | {p.case_id for p in problems if p.case_id})
-    mine = set(ids[config.part_id::config.num_parts])
+    mine = set(select_part(ids, config.part_id, config.num_parts, key=str))
     report = PredictionReport(Path(output_dir))
     for p in problems:
         if (p.case_id in mine) if p.case_id else config.part_id == 0:
@@ -460,7 +250,7 @@ class _Runner:
         if isinstance(error, ValueError) and not stage:
             message = str(error)  # our read/preprocess errors already name the input
         else:
-            message = f"{stage + ': ' if stage else ''}{error if isinstance(error, str) else _first_line(error)}"
+            message = f"{stage + ': ' if stage else ''}{error if isinstance(error, str) else first_line(error)}"
         self.report.failed.append(CaseFailure(case.case_id, case.source, message))
         log.error("%s: %s", case.case_id, message)
         self.bar.update()
@@ -492,8 +282,8 @@ class _Runner:
     def finished(self, result: CaseResult, outcome: dict | BaseException) -> None:
         if isinstance(outcome, BaseException):
             self.report.failed.append(CaseFailure(result.case_id, result.source,
-                                                  f"export failed: {_first_line(outcome)}"))
-            log.error("%s: export failed: %s", result.case_id, _first_line(outcome))
+                                                  f"export failed: {first_line(outcome)}"))
+            log.error("%s: export failed: %s", result.case_id, first_line(outcome))
         else:
             result.export_seconds = outcome["export_seconds"]
             result.labels = outcome["labels"]
@@ -523,18 +313,12 @@ class _Runner:
                 self.finished(result, outcome)
 
     def run_pipelined(self, todo: list[Case], n_proc: int) -> None:
-        """Reading and export in ``n_proc`` worker processes each, the network here; marks cover the network."""
-        pending: dict[Future, CaseResult] = {}
+        """Reading and export in ``n_proc`` worker processes each, the network here; marks cover the network.
+        The network's results feed the export pool as they come; at most ``n_proc + 1`` exports (each holding its
+        logits) wait at a time, so the network stops while the exports fall behind."""
+        results: list[CaseResult | None] = []
 
-        def drain(limit: int) -> None:
-            while len(pending) > limit:
-                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for f in done:
-                    result = pending.pop(f)
-                    exc = f.exception()
-                    self.finished(result, exc if exc is not None else f.result())
-
-        with ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
+        def export_jobs() -> Iterator[tuple[ExportJob]]:
             for i, prepared in imap_cases(prepare_case, [self.args(c) for c in todo], num_processes=n_proc,
                                           progress=False, max_pending=n_proc + 1):
                 case = todo[i]
@@ -545,10 +329,17 @@ class _Runner:
                     done = self.network(case, prepared)
                 del prepared
                 if done is not None:
-                    pending[pool.submit(export_case, done[1])] = done[0]
+                    results.append(done[0])
+                    box = [done[1]]
                     del done
-                drain(n_proc)  # bounded: at most n_proc exports (each holding its logits) wait at a time
-            drain(0)
+                    yield (box.pop(),)  # no reference stays here while the export runs (its logits are large)
+
+        for k, outcome in imap_cases(export_case, export_jobs(), num_processes=n_proc, progress=False,
+                                     max_pending=n_proc + 1):
+            result = results[k]
+            results[k] = None
+            assert result is not None  # each export is yielded once
+            self.finished(result, outcome)
 
 
 def _run(todo: list[Case], model: LoadedModel, config: PredictConfig, predictor, postprocessing: Postprocessing,
