@@ -1,12 +1,14 @@
 """Benchmark: ``cps3d predict`` against stock nnU-Net's ``nnUNetPredictor``, same weights, same scans
 (DESIGN.md sections 5 and 8).
 
-Four ways to predict each scan (one network, network 1 of the model, one fold):
+Five ways to predict each scan (one network, network 1 of the model, one fold):
 
 1. stock nnU-Net with its defaults: step 0.5, mirroring (test-time augmentation) on;
 2. stock nnU-Net with the paper's settings: step 0.7, no mirroring;
 3. cps3d with the paper's protocol: step 0.7, no TTA, forced spacing ``paper`` (0.75 x 0.75 x 0.5 mm rule);
-4. cps3d with forced spacing off: step 0.7, no TTA (the like-for-like comparison with 2).
+4. cps3d with forced spacing off: step 0.7, no TTA (the like-for-like comparison with 2), exact path;
+5. as 4 on cps3d's fast path (``resampling="torch"``: nnU-Net's torch resampling on the network's device for the
+   image and the export); its label map is compared with 2's voxel by voxel and organ by organ (DSC).
 
 Stock nnU-Net has no post-processing, so cps3d runs with post-processing OFF here (``postprocess=False``), with its
 default low-memory export. Stock: ``nnUNetPredictor.manual_initialization`` + ``predict_from_files_sequential``
@@ -33,7 +35,7 @@ Scans (``--cases``; made once in ``--work-dir`` and reused):
 - ``thick``: a full-size phantom with slices of 4 mm or more and fewer than 150 slices (forced spacing keeps z);
 - ``small``: a small phantom (smoke tests); ``real``: the shipped real CT (tests/data/real_ct, 122 x 101 x 30, 3 mm).
 
-Models (the same weights for all four variants):
+Models (the same weights for all variants):
 
 - default: a small residual-encoder U-Net (patch 32 x 64 x 64, 4 stages, 8-64 features, plan spacing about
   3.8 x 2.7 x 2.7 mm) planned on 8 ``medium`` phantoms and trained (supervised, nnU-Net's trainer via cps3d) for
@@ -95,6 +97,11 @@ TARGET_SAME_TIME = 1.05   # ours, forced spacing off (4) / stock, same settings 
 TARGET_SAME_RSS = 1.0     # ... peak RAM no higher
 RSS_NOISE = 0.01          # peak RSS of identical runs differs by a few MB of about 1 GB (torch, nnU-Net, model)
 TARGET_PROTOCOL_TIME = 0.2  # ours, paper protocol (3) / stock defaults (1)
+TARGET_FAST_RATIO = 0.5     # fast path (5) / stock, same settings (2): time and peak RSS (issue 14)
+TARGET_FAST_AGREEMENT = 0.999  # ... voxels whose labels agree with 2, to make the fast path the default
+TARGET_FAST_DSC = 0.995     # ... and every organ's DSC between 5 and 2
+TARGET_GPU_SECONDS = 5.0    # fast path on a GPU, a FLARE-sized case with the paper-size network (issue 14)
+TARGET_GPU_MB = 2048        # ... peak GPU memory
 
 SCANS_DATASET = (981, "BenchInferScans")
 PAPER_PLAN_DATASET = (982, "BenchInferPaperPlan")
@@ -105,7 +112,8 @@ TINY_PLAN_DATASET = (984, "BenchInferTiny")
 @dataclass(frozen=True)
 class Variant:
     """One way to predict. ``impl``: ``stock`` (nnUNetPredictor) or ``ours`` (cps3d.inference.predict);
-    ``forced``: a forced-spacing preset name or None (off)."""
+    ``forced``: a forced-spacing preset name or None (off); ``resampling``: cps3d's ``exact`` path (the plans'
+    resampling, identical to stock) or its fast ``torch`` path."""
 
     key: str
     name: str
@@ -113,6 +121,7 @@ class Variant:
     step: float
     mirroring: bool
     forced: str | None
+    resampling: str = "exact"
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -120,6 +129,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("2", "stock nnU-Net, paper settings (step 0.7, no mirroring)", "stock", 0.7, False, None),
     Variant("3", "cps3d, paper protocol (step 0.7, no TTA, forced spacing paper)", "ours", 0.7, False, "paper"),
     Variant("4", "cps3d, forced spacing off (step 0.7, no TTA)", "ours", 0.7, False, None),
+    Variant("5", "cps3d fast path (torch resampling), forced spacing off (step 0.7, no TTA)", "ours", 0.7, False, None,
+            "torch"),
 )
 BY_KEY = {v.key: v for v in VARIANTS}
 
@@ -455,8 +466,8 @@ def worker(spec: dict) -> dict:
         config = PredictConfig(folds=folds, branch="1", ensemble_average="logits", step_size=variant.step,
                                use_mirroring=variant.mirroring, device=spec["device"],
                                forced_spacing=PRESETS[variant.forced] if variant.forced else None,
-                               postprocess=False, export_mode="low_memory", num_processes=1, overwrite=True,
-                               progress=False)
+                               postprocess=False, export_mode="low_memory", resampling=variant.resampling,
+                               num_processes=1, overwrite=True, progress=False)
         report = predict([spec["scan"]], out, spec["model_dir"], config)
         if not report.ok or len(report.predicted) != 1:
             raise RuntimeError(f"cps3d predict failed: {'; '.join(map(str, report.failed))}")
@@ -570,10 +581,14 @@ def compare_outputs(runs: list[dict], scans: dict[str, dict]) -> dict:
             if r is None:
                 continue
             seg, img = _read_labels(r["seg"])
-            if v.key == "4" and stock_same is not None:  # same settings as 2: the label maps should be identical
+            if v.key in ("4", "5") and stock_same is not None:  # same settings as 2 (4: identical maps expected)
                 other = _read_labels(stock_same["seg"])[0]
-                result[case]["voxels_4_differing_from_2"] = (int(np.count_nonzero(other != seg))
-                                                             if other.shape == seg.shape else None)
+                if other.shape == seg.shape:
+                    result[case][f"voxels_{v.key}_differing_from_2"] = int(np.count_nonzero(other != seg))
+                    result[case][f"agreement_{v.key}_vs_2"] = float(np.count_nonzero(other == seg) / seg.size)
+                    k = int(max(seg.max(), other.max())) + 1
+                    result[case][f"dsc_per_label_{v.key}_vs_2"] = {
+                        str(label): d for label, d in dice_per_label(confusion(other, seg, k)).items()}
             same_grid = (img.GetSize() == geom[0] and np.allclose(img.GetSpacing(), geom[1], atol=1e-5)
                          and np.allclose(img.GetOrigin(), geom[2], atol=1e-3)
                          and np.allclose(img.GetDirection(), geom[3], atol=1e-5))
@@ -684,6 +699,32 @@ def report(result: dict) -> str:
             if on_gpu:
                 q = ratio(med(case, "4", "gpu_peak_allocated_mb"), med(case, "2", "gpu_peak_allocated_mb"))
                 rows.append([case, "peak GPU memory 4 / 2", f"{q:.3f}", "(no target)", ""])
+        if {"2", "5"} <= have:
+            d = dsc.get(case, {})
+            q = ratio(tmed("5"), tmed("2"))
+            rows.append([case, "time 5 / 2 (fast path vs stock, same settings)", f"{q:.3f}",
+                         f"<= {TARGET_FAST_RATIO}", _met(q <= TARGET_FAST_RATIO)])
+            q = ratio(med(case, "5", "peak_rss_mb"), med(case, "2", "peak_rss_mb"))
+            rows.append([case, "peak RSS 5 / 2", f"{q:.3f}", f"<= {TARGET_FAST_RATIO}", _met(q <= TARGET_FAST_RATIO)])
+            if {"4"} <= have:
+                q = ratio(tmed("5"), tmed("4"))
+                rows.append([case, "time 5 / 4 (fast path vs exact path)", f"{q:.3f}", "(no target)", ""])
+            agree = d.get("agreement_5_vs_2")
+            rows.append([case, "label maps 5 vs 2: voxels that agree", "n/a" if agree is None else f"{agree:.5f}",
+                         f">= {TARGET_FAST_AGREEMENT}", "n/a" if agree is None else _met(agree >= TARGET_FAST_AGREEMENT)])
+            organs = d.get("dsc_per_label_5_vs_2") or {}
+            if organs:
+                worst = min(organs, key=lambda k: organs[k])
+                rows.append([case, f"label maps 5 vs 2: lowest organ DSC (label {worst}; {len(organs)} labels)",
+                             f"{organs[worst]:.4f}", f">= {TARGET_FAST_DSC}", _met(organs[worst] >= TARGET_FAST_DSC)])
+            if on_gpu:
+                q = ratio(med(case, "5", "gpu_peak_allocated_mb"), med(case, "2", "gpu_peak_allocated_mb"))
+                rows.append([case, "peak GPU memory 5 / 2", f"{q:.3f}", "(no target)", ""])
+                t5, g5 = tmed("5"), med(case, "5", "gpu_peak_allocated_mb")
+                rows.append([case, "fast path: seconds per case (FLARE 2022 winner: 14.6 s)", f"{t5:.2f}",
+                             f"<= {TARGET_GPU_SECONDS:g}", _met(t5 <= TARGET_GPU_SECONDS)])
+                rows.append([case, "fast path: peak GPU memory allocated [MB]", f"{g5:.0f}",
+                             f"<= {TARGET_GPU_MB}", _met(g5 <= TARGET_GPU_MB)])
         if {"1", "3"} <= have:
             q = ratio(tmed("3"), tmed("1"))
             rows.append([case, "time 3 / 1 (paper protocol vs stock defaults)", f"{q:.3f}",
@@ -750,7 +791,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cases", nargs="+", choices=CASES, help="scans to predict (default: thin thick real; "
                    "--tiny: small real)")
     p.add_argument("--variants", nargs="+", choices=[v.key for v in VARIANTS], default=[v.key for v in VARIANTS],
-                   help="variants to run (default: all four)")
+                   help="variants to run (default: all five)")
     p.add_argument("--repeats", type=int, help="alternating runs per variant and case (default 2; --tiny: 1)")
     p.add_argument("--v1-repeats", type=int, default=1,
                    help="runs of variant 1 (stock defaults: 8 mirrorings, by far the slowest; its ratio target, 0.2, "

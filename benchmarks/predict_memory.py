@@ -14,11 +14,14 @@ Settings (rows):
   for the low-memory claim;
 - ``probabilities``: ``--save-probabilities`` (nnU-Net's export plus CASE.npz / CASE.pkl);
 - each with forced spacing ``off`` and ``paper``; one row with our default post-processing (largest component);
+- ``fast path (torch)``: ``resampling="torch"``, nnU-Net's torch resampling on the network's device for the scan and
+  the export (:mod:`cps3d.inference.fast`), forced spacing ``off`` and ``paper``;
 - ``stock nnU-Net``: ``nnUNetPredictor.predict_from_files_sequential``, same weights, step 0.7, no mirroring (--stock);
 - ``export only, C classes``: the low-memory and nnU-Net export paths on synthetic logits with C classes (random, fp16, at the
   network shape of the same scan), since memory of the export grows with the number of classes (--export-classes).
 
 Runs alternate between settings (repeat r runs every setting once, in a rotated order) and the table gives medians.
+With ``--stock``, every row's label map is also compared voxel by voxel with stock nnU-Net's (fraction that agrees).
 
     python benchmarks/predict_memory.py [--shape 512 512 300] [--spacing 0.8 0.8 1.0] [--repeats 1] [--stock]
         [--export-classes 14]
@@ -48,14 +51,16 @@ from common import (  # noqa: E402
 )
 
 SETTINGS = {
-    # name: (forced spacing, save probabilities, export mode, post-processing)
-    "low-memory, forced off": ("off", False, "low_memory", False),
-    "nnU-Net export, forced off": ("off", False, "nnunet", False),
-    "probabilities, forced off": ("off", True, "nnunet", False),
-    "low-memory, forced paper": ("paper", False, "low_memory", False),
-    "nnU-Net export, forced paper": ("paper", False, "nnunet", False),
-    "probabilities, forced paper": ("paper", True, "nnunet", False),
-    "low-memory + post-processing, forced off": ("off", False, "low_memory", True),
+    # name: (forced spacing, save probabilities, export mode, post-processing, resampling)
+    "low-memory, forced off": ("off", False, "low_memory", False, "exact"),
+    "nnU-Net export, forced off": ("off", False, "nnunet", False, "exact"),
+    "probabilities, forced off": ("off", True, "nnunet", False, "exact"),
+    "low-memory, forced paper": ("paper", False, "low_memory", False, "exact"),
+    "nnU-Net export, forced paper": ("paper", False, "nnunet", False, "exact"),
+    "probabilities, forced paper": ("paper", True, "nnunet", False, "exact"),
+    "low-memory + post-processing, forced off": ("off", False, "low_memory", True, "exact"),
+    "fast path (torch), forced off": ("off", False, "low_memory", False, "torch"),
+    "fast path (torch), forced paper": ("paper", False, "low_memory", False, "torch"),
 }
 STOCK = "stock nnU-Net (step 0.7, no TTA)"
 EXPORT_ONLY = "export only"
@@ -144,6 +149,7 @@ def worker(spec: dict) -> dict:
     import torch
 
     from cps3d.inference.export import ExportJob, export_case
+    from cps3d.inference.fast import resample_to_plan, segmentation_torch
     from cps3d.inference.forced_spacing import parse_forced_spacing
     from cps3d.inference.inputs import Case
     from cps3d.inference.model import load_model
@@ -197,25 +203,38 @@ def worker(spec: dict) -> dict:
         phase("total", t0, rss_start)
         network_shape = None
     else:
-        forced, save_probabilities, export_mode, postprocess = SETTINGS[spec["variant"]]
+        forced, save_probabilities, export_mode, postprocess, resampling = SETTINGS[spec["variant"]]
         config = PredictConfig(forced_spacing=parse_forced_spacing(forced), save_probabilities=save_probabilities,
                                export_mode=export_mode, postprocess=postprocess, device=spec["device"],
-                               num_processes=1, progress=False)
+                               resampling=resampling, num_processes=1, progress=False)
         predictor = make_predictor(model, config)
         _reset_hwm()
         t0, rss0 = time.perf_counter(), proc_status_mb()
         case = Case("big", (spec["scan"],))
-        prepared = prepare_case(case, model.plans, model.configuration, model.dataset_json, config.forced_spacing)
+        prepared = prepare_case(case, model.plans, model.configuration, model.dataset_json, config.forced_spacing,
+                                resampling)
         network_shape = prepared["info"]["network_shape"]
+        data = torch.from_numpy(prepared.pop("data"))
+        if resampling == "torch":  # as the predictor does it: to the plan spacing on the network's device
+            data = resample_to_plan(data, prepared["resample_target"], predictor.configuration_manager,
+                                    predictor.device)
         phase("read+preprocess", t0, rss0)
         t0, rss0 = time.perf_counter(), proc_status_mb()
-        logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(prepared.pop("data")))
-        job = ExportJob("big", logits.cpu().numpy(), prepared["properties"], model.plans, model.configuration,
+        logits = predictor.predict_logits_from_preprocessed_data(data)
+        del data
+        job = ExportJob("big", None, prepared["properties"], model.plans, model.configuration,
                         model.dataset_json, str(out), model.dataset_json["file_ending"], "plans", save_probabilities,
                         export_mode, Postprocessing.for_model(model.model_dir, postprocess))
-        del logits, prepared
+        if resampling != "torch":
+            job.logits = logits.cpu().numpy()
+            del logits
         phase("network", t0, rss0)
         t0, rss0 = time.perf_counter(), proc_status_mb()
+        if resampling == "torch":
+            job.label_map = segmentation_torch(logits, predictor.plans_manager, predictor.configuration_manager,
+                                               predictor.label_manager, prepared["properties"])
+            del logits
+        del prepared
         export_case(job)
         del job
         phase("export+write", t0, rss0)
@@ -224,6 +243,16 @@ def worker(spec: dict) -> dict:
     peak = max(peaks) if peaks else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"variant": spec["variant"], "peak_rss_mb": peak, "rss_before_mb": rss_start, "phases": phases,
             "wall_s": sum(p["s"] for p in phases.values()), "network_shape": network_shape}
+
+
+def _out_dir(work_dir: Path, variant: str) -> Path:
+    return work_dir / "out" / variant.replace(" ", "_").replace(",", "").replace(":", "")
+
+
+def _label_map(work_dir: Path, variant: str):
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(_out_dir(work_dir, variant) / "big.nii.gz")))
 
 
 def main() -> int:
@@ -271,7 +300,7 @@ def main() -> int:
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
             spec = {"variant": v, "model_dir": str(model), "scan": str(scan), "device": args.device,
-                    "out_dir": str(args.work_dir / "out" / v.replace(" ", "_").replace(",", "").replace(":", "")),
+                    "out_dir": str(_out_dir(args.work_dir, v)),
                     **extra.get(v, {})}
             res = run_worker(Path(__file__), spec)
             results[v].append(res)
@@ -299,7 +328,15 @@ def main() -> int:
     print(machine_line(info))
     print(f"RSS after imports and model loading: {median([x['rss_before_mb'] for x in results[variants[0]]]):,.0f} "
           "MB")
-    print(markdown_table(["setting", "wall", *names, "peak RSS (whole run)", "network input"], rows))
+    header = ["setting", "wall", *names, "peak RSS (whole run)", "network input"]
+    if STOCK in results:  # every label map against stock nnU-Net's
+        header.append("voxels agreeing with stock")
+        stock_map = _label_map(args.work_dir, STOCK)
+        for v, cells in zip(variants, rows):
+            other = _label_map(args.work_dir, v) if not v.startswith(EXPORT_ONLY) else None
+            cells.append("n/a" if other is None or other.shape != stock_map.shape
+                         else f"{float((other == stock_map).mean()):.5f}")
+    print(markdown_table(header, rows))
     if args.json:
         save_json(args.json, {"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
                               "results": results})

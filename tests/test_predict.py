@@ -363,3 +363,82 @@ def test_postprocessing_keeps_one_component_per_label(model_dir, tmp_path):
         n = ndimage.label(b == label, structure=np.ones((3, 3, 3)))[1]
         assert n <= 1
     assert np.all((a == b) | (b == 0))  # post-processing only removes voxels
+
+
+# ------------------------------------------------------------------------------------------- the fast path (torch)
+
+
+def _labels(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, dict[int, float]]:
+    """Fraction of voxels with equal labels and the DSC of every foreground label present in either map."""
+    labels = sorted((set(np.unique(a)) | set(np.unique(b))) - {0})
+    return float(np.mean(a == b)), {int(k): float(2 * np.sum((a == k) & (b == k)) / (np.sum(a == k) + np.sum(b == k)))
+                                    for k in labels}
+
+
+@pytest.mark.parametrize("forced", [None, "paper"])
+def test_fast_path_outputs_are_on_the_input_grid(model_dir, scan_folder, tmp_path, forced):
+    config = PredictConfig(resampling="torch", forced_spacing=PRESETS[forced] if forced else None, **QUIET)
+    report = predict([scan_folder], tmp_path, model_dir, config)
+    assert not report.failed and sorted(r.case_id for r in report.predicted) == sorted(SCANS)
+    for name in SCANS:
+        out = tmp_path / f"{name}.nii.gz"
+        assert_same_grid(out, scan_folder / f"{name}_0000.nii.gz")
+        seg = sitk.ReadImage(str(out))
+        assert seg.GetPixelID() == sitk.sitkUInt8
+        assert set(np.unique(sitk.GetArrayViewFromImage(seg))) <= {0, 1, 2}
+    lps = next(r for r in report.predicted if r.case_id == "lps_int32")  # the same network input as the exact path
+    assert lps.network_shape == ([13, 22, 22] if forced is None else [13, 15, 18])
+    assert json.loads((tmp_path / "cps3d_predict.json").read_text())["config"]["resampling"] == "torch"
+
+
+def test_fast_path_without_resampling_equals_the_exact_path(model_dir, scan_folder, tmp_path):
+    """A scan on the plan spacing is resampled by neither path: the fast path's crop, normalisation, transposes and
+    export then give exactly the exact path's label map (which equals stock nnU-Net's)."""
+    scan = scan_folder / "ras_int16_0000.nii.gz"  # 1.5 x 1.5 x 3 mm, the plan spacing
+    predict([scan], tmp_path / "exact", model_dir, PredictConfig(**QUIET))  # the default
+    assert main(["predict", "-i", str(scan), "-o", str(tmp_path / "torch"), "-m", str(model_dir), "--resampling",
+                 "torch", "--device", "cpu", "-np", "1", "--no-progress"]) == 0
+    a, b = _labels(tmp_path / "exact" / "ras_int16.nii.gz"), _labels(tmp_path / "torch" / "ras_int16.nii.gz")
+    assert len(np.unique(a)) > 1 and np.array_equal(a, b)
+
+
+def test_fast_export_agrees_with_nnunets_export(model_dir, scan_folder):
+    """The export alone (the same logits): nnU-Net's resampling one class at a time (the exact path, equal to stock)
+    against nnU-Net's torch resampling: the thresholds of issue 14 (99.9 % of voxels, every label's DSC >= 0.995)."""
+    from cps3d.inference.export import segmentation_low_memory
+    from cps3d.inference.fast import segmentation_torch
+    from cps3d.inference.inputs import Case
+
+    model = load_model(model_dir)
+    pm = model.plans_manager
+    cm, lm = pm.get_configuration(model.configuration), pm.get_label_manager(model.dataset_json)
+    predictor = make_predictor(model, PredictConfig(**QUIET))
+    for name in SCANS:
+        case = Case(name, (str(scan_folder / f"{name}_0000.nii.gz"),))
+        prepared = prepare_case(case, model.plans, model.configuration, model.dataset_json, None)
+        logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(prepared["data"]))
+        before = logits.clone()
+        stock = segmentation_low_memory(logits, pm, cm, lm, prepared["properties"])
+        fast = segmentation_torch(logits, pm, cm, lm, prepared["properties"])
+        assert torch.equal(logits, before)  # the logits are left as they were
+        assert fast.shape == stock.shape and fast.dtype == stock.dtype
+        agreement, dsc = _agreement(stock, fast)
+        assert agreement >= 0.999, name
+        assert dsc and min(dsc.values()) >= 0.995, (name, dsc)
+
+
+def test_fast_path_agreement_with_the_exact_path(model_dir, scan_folder, tmp_path):
+    """The whole fast path against the exact path (equal to stock nnU-Net) on the test scans. Most of the difference
+    comes from the image's resampling (linear in torch, cubic spline in nnU-Net's plans) and this barely trained
+    network is sensitive to it: measured 0.957-0.987 of the voxels here, below issue 14's 0.999, which is why the
+    exact path stays the default. The bound below catches a broken path (a wrong axis or grid gives far less)."""
+    for resampling in ("exact", "torch"):
+        predict([scan_folder], tmp_path / resampling, model_dir, PredictConfig(resampling=resampling, **QUIET))
+    for name in SCANS:
+        agreement, dsc = _agreement(_labels(tmp_path / "exact" / f"{name}.nii.gz"),
+                                    _labels(tmp_path / "torch" / f"{name}.nii.gz"))
+        assert agreement >= 0.9, (name, agreement)

@@ -259,7 +259,7 @@ def test_config_defaults_follow_the_paper_and_protocols():
     (dict(part_id=2, num_parts=2), "part_id"), (dict(num_processes=0), "num_processes"),
     (dict(device="gpu"), "device"), (dict(ensemble_average="median"), "ensemble_average"),
     (dict(postprocess_labels=(0,)), "labels"), (dict(export_mode="fast"), "export_mode"),
-    (dict(checkpoint="a/b.pth"), "checkpoint"),
+    (dict(checkpoint="a/b.pth"), "checkpoint"), (dict(resampling="fast"), "resampling"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -64,6 +64,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="keep the largest component of these labels only (default: every label)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write probabilities like nnU-Net (CASE.npz + CASE.pkl); needs memory for all classes")
+    p.add_argument("--resampling", choices=("torch", "exact"),
+                   help="torch: the fast path, nnU-Net's torch resampling (linear, float32) on the network's device "
+                   "for the scan and for the export, label maps close to stock nnU-Net's; exact: the plans' resampling, "
+                   "label maps identical to stock nnU-Net's (default exact)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--part-id", type=int, default=0, metavar="K", help="predict only share K of --num-parts")
     p.add_argument("--num-parts", type=int, default=1, metavar="N",
@@ -94,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
             settings["step_size"] = args.step_size
         if args.tta is not None:
             settings["use_mirroring"] = args.tta
+        if args.resampling is not None:
+            settings["resampling"] = args.resampling
         config = PredictConfig(
             folds=tuple(args.folds) if args.folds else None, checkpoint=args.checkpoint, branch=args.branch,
             ensemble_average=args.ensemble_average, device=args.device, postprocess=args.postprocess,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cps3d.inference.export import EXPORT_MODES
+from cps3d.inference.fast import RESAMPLINGS
 from cps3d.inference.forced_spacing import PRESETS, ForcedSpacing
 from cps3d.inference.model import BRANCHES, DEFAULT_CHECKPOINT
 from cps3d.inference.postprocessing import Postprocessing
@@ -36,7 +37,10 @@ class PredictConfig:
     available). forced_spacing: a :class:`ForcedSpacing` rule or None (off). postprocess: keep the largest component
     of each label in ``postprocess_labels`` (None: all; nnU-Net's ``postprocessing.pkl`` when the model folder has
     one). save_probabilities: also write nnU-Net's ``CASE.npz`` + ``CASE.pkl``. export_mode: ``low_memory`` (one
-    class at a time) or ``nnunet`` (all classes at once; always so with probabilities). overwrite: predict cases whose
+    class at a time) or ``nnunet`` (all classes at once; always so with probabilities) for the exact path.
+    resampling: ``torch`` (the fast path: nnU-Net's torch resampling on the network's device, for the image and for
+    the export; :mod:`cps3d.inference.fast`) or ``exact`` (the plans' resampling, label maps identical to stock
+    nnU-Net's); with ``save_probabilities`` the export is nnU-Net's in both. overwrite: predict cases whose
     output exists. part_id / num_parts: predict only every ``num_parts``-th case from ``part_id`` (sorted case ids).
     num_processes: worker processes for reading and for export (1: everything in this process). progress: show a
     progress bar.
@@ -54,6 +58,7 @@ class PredictConfig:
     postprocess_labels: tuple[int, ...] | None = None
     save_probabilities: bool = False
     export_mode: str = "low_memory"
+    resampling: str = "exact"
     overwrite: bool = False
     part_id: int = 0
     num_parts: int = 1
@@ -79,6 +84,8 @@ class PredictConfig:
             Postprocessing("largest_component", self.postprocess_labels)  # validates the labels
         if self.export_mode not in EXPORT_MODES:
             raise ValueError(f"export_mode={self.export_mode!r}: choose one of {', '.join(EXPORT_MODES)}")
+        if self.resampling not in RESAMPLINGS:
+            raise ValueError(f"resampling={self.resampling!r}: choose one of {', '.join(RESAMPLINGS)}")
         if not isinstance(self.num_parts, int) or not isinstance(self.part_id, int) or self.num_parts < 1 \
                 or not 0 <= self.part_id < self.num_parts:
             raise ValueError(f"part_id={self.part_id!r}, num_parts={self.num_parts!r}: need num_parts >= 1 and "
@@ -120,7 +127,7 @@ class CaseResult:
     assumed_spacing: list[float] | None
     network_shape: list[int]
     network_voxels: int
-    predict_seconds: float
+    predict_seconds: float  # the network; on the fast path with the resampling to the plan spacing
     export_seconds: float = 0.0
     labels: list[int] = field(default_factory=list)
 

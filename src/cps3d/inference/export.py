@@ -36,12 +36,13 @@ from cps3d.inference.postprocessing import Postprocessing
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_MODES", "ExportJob", "segmentation_low_memory", "export_case", "output_paths"]
+__all__ = ["EXPORT_MODES", "ExportJob", "export_spacings", "segmentation_low_memory", "export_case",
+           "output_paths"]
 
 EXPORT_MODES = ("low_memory", "nnunet")
 
 
-def _export_spacings(properties: dict, plans_manager, configuration_manager) -> tuple[list[float], list[float]]:
+def export_spacings(properties: dict, plans_manager, configuration_manager) -> tuple[list[float], list[float]]:
     """(spacing of the network output, spacing of the cropped original) in the transposed order, as nnU-Net's export
     computes them (for 2D configurations the first axis keeps the scan's spacing)."""
     original = [properties["spacing"][i] for i in plans_manager.transpose_forward]
@@ -68,7 +69,7 @@ def segmentation_low_memory(logits, plans_manager, configuration_manager, label_
         logits = logits.cpu().numpy()
     if logits.ndim < 3 or logits.shape[0] != label_manager.num_segmentation_heads:
         raise ValueError(f"logits of shape {logits.shape}: expected ({label_manager.num_segmentation_heads}, ...)")
-    current, original = _export_spacings(properties, plans_manager, configuration_manager)
+    current, original = export_spacings(properties, plans_manager, configuration_manager)
     target_shape = properties["shape_after_cropping_and_before_resampling"]
     dtype = np.uint8 if len(label_manager.foreground_labels) < 255 else np.uint16
     seg = np.zeros(target_shape, dtype=dtype)
@@ -108,7 +109,10 @@ class ExportJob:
     """Everything a worker process needs to export one case (picklable). ``writer``: ``plans`` (the reader/writer
     class of the plans) or ``sitk`` (nnU-Net's SimpleITKIO: DICOM input, written as NIfTI). ``original_spacing``:
     with forced spacing, the scan's own spacing (array order): ``properties['spacing']`` then holds the assumed one,
-    which the resampling back to the scan's grid needs, but ``CASE.pkl`` must describe the written grid."""
+    which the resampling back to the scan's grid needs, but ``CASE.pkl`` must describe the written grid.
+    ``label_map``: the label map on the scan's grid when it was already made (the fast path resamples on the
+    network's device, :func:`cps3d.inference.fast.segmentation_torch`); ``logits`` is then None and
+    ``seconds_before`` the time that took, counted in the export time."""
 
     case_id: str
     logits: Any = field(repr=False)
@@ -123,6 +127,8 @@ class ExportJob:
     export_mode: str = "low_memory"
     postprocessing: Postprocessing = field(default_factory=lambda: Postprocessing("none"))
     original_spacing: list[float] | None = None
+    label_map: Any = field(default=None, repr=False)
+    seconds_before: float = 0.0
 
 
 def _writer(job: ExportJob, plans_manager):
@@ -145,7 +151,10 @@ def export_case(job: ExportJob) -> dict:
     lm = pm.get_label_manager(job.dataset_json)
     paths = output_paths(job.output_dir, job.case_id, job.ending)
     written = []
-    if job.save_probabilities or job.export_mode == "nnunet":
+    if job.label_map is not None:
+        seg = job.label_map
+        job.label_map = None
+    elif job.save_probabilities or job.export_mode == "nnunet":
         result = convert_predicted_logits_to_segmentation_with_correct_shape(
             job.logits, pm, cm, lm, job.properties, return_probabilities=job.save_probabilities)
         job.logits = None
@@ -172,4 +181,5 @@ def export_case(job: ExportJob) -> dict:
         _writer(job, pm).write_seg(seg, tmp, job.properties)
     written.append(str(paths["seg"]))
     labels = [int(v) for v in np.flatnonzero(np.bincount(seg.ravel()))] if seg.size else []
-    return {"case_id": job.case_id, "files": written, "export_seconds": time.perf_counter() - t0, "labels": labels}
+    return {"case_id": job.case_id, "files": written, "export_seconds": time.perf_counter() - t0 + job.seconds_before,
+            "labels": labels}

@@ -37,6 +37,7 @@ from cps3d import __version__
 from cps3d.files import check_output_folder, read_json, write_json
 from cps3d.inference.config import PROTOCOLS, CaseFailure, CaseResult, PredictConfig, PredictionReport
 from cps3d.inference.export import ExportJob, export_case, output_paths
+from cps3d.inference.fast import resample_to_plan, segmentation_torch
 from cps3d.inference.inputs import Case, list_cases, select_part
 from cps3d.inference.model import LoadedModel, load_model
 from cps3d.inference.postprocessing import Postprocessing
@@ -69,6 +70,7 @@ class CPSPredictor(nnUNetPredictor):
     instead of logits (module docstring). Everything else, including the loop over parameter sets, is nnU-Net's."""
 
     average = "probabilities"
+    keep_on_device = False  # the fast path: the logits stay on the network's device for the export
 
     def _averages_probabilities(self) -> bool:
         return self.average == "probabilities" and len(self.list_of_parameters or ()) > 1
@@ -80,9 +82,28 @@ class CPSPredictor(nnUNetPredictor):
         return out
 
     def predict_logits_from_preprocessed_data(self, data):
-        out = super().predict_logits_from_preprocessed_data(data)
+        if self.keep_on_device and self.device.type != "cpu":
+            out = self._logits_on_device(data)
+        else:
+            out = super().predict_logits_from_preprocessed_data(data)
         if self._averages_probabilities():
             out = _probabilities_to_logits(out, self.label_manager.has_regions)
+        return out
+
+    @torch.inference_mode()
+    def _logits_on_device(self, data):
+        """nnU-Net's loop over the parameter sets, with the sum kept on the device: nnU-Net moves every set's logits
+        to the CPU (against running out of GPU memory with several sets), which the fast path would have to move
+        back for the export. One set's logits fall back to the CPU as in nnU-Net when the device runs out."""
+        out = None
+        network = getattr(self.network, "_orig_mod", self.network)  # a torch.compile'd network wraps the module
+        for params in self.list_of_parameters:
+            network.load_state_dict(params)
+            logits = self.predict_sliding_window_return_logits(data)
+            out = logits if out is None else out.add_(logits.to(out.device))
+            del logits
+        if len(self.list_of_parameters) > 1:
+            out /= len(self.list_of_parameters)
         return out
 
 
@@ -105,6 +126,7 @@ def make_predictor(model: LoadedModel, config: PredictConfig):
     if said.getvalue().strip():
         log.debug("nnU-Net: %s", said.getvalue().strip())
     predictor.average = config.ensemble_average
+    predictor.keep_on_device = config.resampling == "torch" and not config.save_probabilities
     pm = model.plans_manager
     cm = pm.get_configuration(model.configuration)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -241,7 +263,7 @@ class _Runner:
 
     def args(self, case: Case) -> tuple:
         m = self.model
-        return case, m.plans, m.configuration, m.dataset_json, self.config.forced_spacing
+        return case, m.plans, m.configuration, m.dataset_json, self.config.forced_spacing, self.config.resampling
 
     def mark(self, case: Case):
         return self.profiler.case(case.case_id) if self.profiler is not None else contextlib.nullcontext()
@@ -270,13 +292,28 @@ class _Runner:
                         self.postprocessing,
                         None if info["assumed_spacing"] is None else [float(v) for v in info["spacing"][::-1]])
         t0 = time.perf_counter()
+        p = self.predictor
         try:
-            logits = self.predictor.predict_logits_from_preprocessed_data(torch.from_numpy(prepared.pop("data")))
-            job.logits = logits.cpu().numpy()
+            data = torch.from_numpy(prepared.pop("data"))
+            if "resample_target" in prepared:  # the fast path: to the plan spacing on the network's device
+                data = resample_to_plan(data, prepared["resample_target"], p.configuration_manager, p.device)
+            logits = p.predict_logits_from_preprocessed_data(data)
+            del data
         except Exception as e:  # e.g. out of memory: report the case, go on with the others
             self.fail(case, e, "prediction failed")
             return None
         result.predict_seconds = time.perf_counter() - t0
+        if self.config.resampling == "torch" and not self.config.save_probabilities:
+            t0 = time.perf_counter()
+            try:  # the export's resampling where the logits are; workers only post-process and write
+                job.label_map = segmentation_torch(logits, p.plans_manager, p.configuration_manager, p.label_manager,
+                                                   prepared["properties"])
+            except Exception as e:
+                self.fail(case, e, "export failed")
+                return None
+            job.seconds_before = time.perf_counter() - t0
+        else:
+            job.logits = logits.cpu().numpy()
         return result, job
 
     def finished(self, result: CaseResult, outcome: dict | BaseException) -> None:

@@ -13,6 +13,7 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from cps3d.images import error_text, verify_image
+from cps3d.inference.fast import RESAMPLINGS, DeferredResampling
 from cps3d.inference.forced_spacing import ForcedSpacing, force_spacing_on_properties
 from cps3d.inference.inputs import Case, read_dicom_series
 
@@ -32,15 +33,22 @@ def input_dimension(plans: dict) -> int:
 
 
 def prepare_case(case: Case, plans: dict, configuration: str, dataset_json: dict,
-                 forced_spacing: ForcedSpacing | None) -> dict:
+                 forced_spacing: ForcedSpacing | None, resampling: str = "exact") -> dict:
     """Read and preprocess one case (runs in worker processes). Returns ``{"data"`` (channels, *network-order
     shape) float32, ``"properties"`` (nnU-Net's), ``"info"`` (geometry for logs and the report)``}``.
     Raises ValueError naming the input when it cannot be read or used: every channel file is first read in full by
     :func:`cps3d.images.verify_image` (nnU-Net's SimpleITK reader turns a truncated NIfTI's missing voxels and NaN
     into zeros without a word), which names an empty, truncated or corrupt file, NaN or infinite voxels and an
-    image of another dimensionality than the model's."""
+    image of another dimensionality than the model's.
+    ``resampling="torch"`` (the fast path, :mod:`cps3d.inference.fast`): the image is left at its own resolution
+    (cropped and normalised) and ``"resample_target"`` holds what :func:`cps3d.inference.fast.resample_to_plan`
+    needs to resample it on the network's device."""
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
+    if resampling not in RESAMPLINGS:
+        raise ValueError(f"resampling={resampling!r}: choose one of {', '.join(RESAMPLINGS)}")
+    if resampling == "torch":
+        cm = DeferredResampling(cm)
     n_channels = len(dataset_json["channel_names"])
     if case.kind != "dicom":
         dimension = input_dimension(plans)
@@ -84,6 +92,13 @@ def prepare_case(case: Case, plans: dict, configuration: str, dataset_json: dict
                                                                                   cm, dataset_json)
     except Exception as e:
         raise ValueError(f"{case.source}: preprocessing failed ({first_line(e)})") from e
-    info["network_shape"] = [int(s) for s in data.shape[1:]]
-    info["network_voxels"] = int(np.prod(data.shape[1:]))
-    return {"data": data, "properties": properties, "info": info}
+    prepared: dict[str, Any] = {"data": data, "properties": properties, "info": info}
+    shape = data.shape[1:]
+    if isinstance(cm, DeferredResampling):
+        if cm.target is None:
+            raise ValueError(f"{case.source}: nnU-Net's preprocessing did not ask for a resampling")
+        prepared["resample_target"] = cm.target
+        shape = cm.target[0]
+    info["network_shape"] = [int(s) for s in shape]
+    info["network_voxels"] = int(np.prod(shape))
+    return prepared
