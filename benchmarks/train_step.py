@@ -95,27 +95,27 @@ def _build_trainer(spec: dict, variant: str):
     from cps3d.planning import load_plans
 
     pre = Path(spec["preprocessed_root"])
-    plans = load_plans(pre, spec["dataset_name"])
-    plans["continue_training"] = False  # nnU-Net's trainer pops this key
-    dataset_json = read_json(pre / spec["dataset_name"] / "dataset.json")
     device = torch.device(spec["device"])
-    with nnunet_folders(preprocessed=pre, results=spec["results_root"]):
-        if variant == "supervised":
-            from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    if variant == "supervised":
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+        plans = load_plans(pre, spec["dataset_name"])
+        plans["continue_training"] = False  # nnU-Net's trainer pops this key
+        dataset_json = read_json(pre / spec["dataset_name"] / "dataset.json")
+        with nnunet_folders(preprocessed=pre, results=spec["results_root"]):
             trainer = nnUNetTrainer(plans, CONFIGURATION, "all", dataset_json, device)
             trainer.initialize()
             np.random.seed(spec["seed"])  # nnU-Net's loaders draw from the global generators
             torch.manual_seed(spec["seed"])
-        else:
-            from cps3d.training.config import TrainConfig
-            from cps3d.training.trainer import CPSTrainer
+            trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    else:
+        from cps3d.training.config import TrainConfig
+        from cps3d.training.run import build_trainer
 
-            trainer = CPSTrainer(plans, CONFIGURATION, "all", dataset_json, device)
-            trainer.configure(TrainConfig(mode="cps", seed=spec["seed"]), show_progress=False)
-            trainer.initialize()
-            trainer.current_lambda = trainer.train_config.lambda_max  # the loss terms are computed at any lambda
-        trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+        trainer = build_trainer(spec["dataset_name"], pre, spec["results_root"], CONFIGURATION, "all",
+                                TrainConfig(mode="cps", seed=spec["seed"]), device=device, show_progress=False)
+        with nnunet_folders(preprocessed=pre, results=spec["results_root"]):
+            trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
     return trainer
 
 
@@ -186,8 +186,6 @@ def _batch_scaling(net, x, device, repeats: int) -> dict:
 
 def _step_worker(spec: dict) -> dict:
     """Time ``train_step`` of one variant on a fixed batch; peak memory; breakdown; optional profile."""
-    import itertools
-
     import torch
 
     device = torch.device(spec["device"])
@@ -202,9 +200,9 @@ def _step_worker(spec: dict) -> dict:
     fixed = {"data": batch["data"].to(device), "target": [t.to(device) for t in target]}
     shapes = {"labeled": list(fixed["data"].shape)}
     if variant != "supervised":
-        x_u = next(trainer.dataloader_unlabeled)["data"].to(device)
+        # the loss terms are computed at any lambda; lambda_max runs the unlabeled backward too
+        x_u = trainer.repeat_unlabeled(next(trainer.dataloader_unlabeled)["data"].to(device))
         shapes["unlabeled"] = list(x_u.shape)
-        trainer.dataloader_unlabeled = itertools.repeat({"data": x_u})
         networks, optimizers = trainer.networks, trainer.optimizers
     else:
         networks, optimizers = [trainer.network], [trainer.optimizer]

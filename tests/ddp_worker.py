@@ -12,12 +12,9 @@ os.environ.setdefault("nnUNet_def_n_proc", "1")
 
 import torch  # noqa: E402
 
-from cps3d.files import read_json  # noqa: E402
-from cps3d.nnunet_env import nnunet_folders  # noqa: E402
-from cps3d.planning import load_plans  # noqa: E402
+from cps3d.training.base import unwrap  # noqa: E402
 from cps3d.training.config import TrainConfig  # noqa: E402
-from cps3d.training.run import maybe_init_distributed, train  # noqa: E402
-from cps3d.training.trainer import CPSTrainer, unwrap  # noqa: E402
+from cps3d.training.run import build_trainer, maybe_init_distributed, train  # noqa: E402
 
 DATASET = "Dataset901_Toy"
 GLOBAL_BATCH = 4
@@ -25,25 +22,18 @@ GLOBAL_BATCH = 4
 
 def fixed_batch(trainer):
     g = torch.Generator().manual_seed(0)
-    shape = tuple(trainer.configuration_manager.patch_size)
-    x_l = torch.randn((GLOBAL_BATCH, 1, *shape), generator=g)
-    x_u = torch.randn((GLOBAL_BATCH, 1, *shape), generator=g)
-    target = [torch.randint(0, 3, (GLOBAL_BATCH, 1, *[round(s * p) for s, p in zip(sc, shape)]), generator=g).float()
-              for sc in trainer._get_deep_supervision_scales()]
-    return x_l, target, x_u
+    labeled = trainer.random_batch(GLOBAL_BATCH, generator=g)
+    x_u = trainer.random_batch(GLOBAL_BATCH, generator=g)["data"]
+    return labeled["data"], labeled["target"], x_u
 
 
 def grad(pre, res, out):
     distributed = maybe_init_distributed(torch.device("cpu"))
     rank = torch.distributed.get_rank() if distributed else 0
     world = torch.distributed.get_world_size() if distributed else 1
-    plans = load_plans(pre, DATASET)
-    plans["continue_training"] = False
-    with nnunet_folders(preprocessed=pre, results=res):
-        trainer = CPSTrainer(plans, "3d_fullres", 0, read_json(f"{pre}/{DATASET}/dataset.json"), torch.device("cpu"))
-    trainer.configure(TrainConfig(epochs=1, iters_per_epoch=1, val_iters=0, final_validation=False),
-                      show_progress=False)
-    trainer.initialize()
+    trainer = build_trainer(DATASET, pre, res, "3d_fullres", 0,
+                            TrainConfig(epochs=1, iters_per_epoch=1, val_iters=0, final_validation=False),
+                            device="cpu", show_progress=False)
     trainer.current_lambda = 0.5
     x_l, target, x_u = fixed_batch(trainer)
     share = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)

@@ -14,7 +14,9 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 def run(cmd, env_extra=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent), **(env_extra or {})}
+    # the worker imports toy_data from tests/ and cps3d from wherever this process does (PYTHONPATH kept)
+    path = os.pathsep.join([str(WORKER.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **(env_extra or {})}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from cps3d.files import read_json
+from cps3d.training.base import unwrap
 from cps3d.training.config import TrainConfig
 from cps3d.training.run import resume_checkpoint, train
-from cps3d.training.trainer import unwrap
 
 QUICK = dict(iters_per_epoch=2, val_iters=1, final_validation=False)
 
@@ -25,17 +25,10 @@ def optimizer_buffers(opt) -> list[torch.Tensor]:
 
 
 def make_trainer(project, results, config):
-    from cps3d.nnunet_env import nnunet_folders
-    from cps3d.planning import load_plans
-    from cps3d.training.trainer import TRAINERS
+    from cps3d.training.run import build_trainer
 
-    plans = load_plans(project.preprocessed_root, project.dataset_name)
-    plans["continue_training"] = False
-    dj = read_json(project.preprocessed_root / project.dataset_name / "dataset.json")
-    with nnunet_folders(preprocessed=project.preprocessed_root, results=results):
-        t = TRAINERS[config.mode](plans, "3d_fullres", 0, dj, torch.device("cpu"))
-    t.configure(config, show_progress=False)
-    return t
+    return build_trainer(project.dataset_name, project.preprocessed_root, results, "3d_fullres", 0, config,
+                         device="cpu", show_progress=False)
 
 
 def test_checkpoint_round_trip_restores_both_networks_and_optimizers(tiny_project, tmp_path):
@@ -109,7 +102,6 @@ def test_time_limit_stops_after_the_epoch_and_writes_the_final_checkpoint(tiny_p
 
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(tiny_project, tmp_path, monkeypatch):
     trainer = make_trainer(tiny_project, tmp_path, TrainConfig(epochs=2, **QUICK))
-    trainer.initialize()
     path = tmp_path / "checkpoint_latest.pth"
     trainer.save_checkpoint(str(path))
     good = path.read_bytes()
@@ -129,8 +121,6 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tiny_project, tmp_pa
 def test_networks_have_different_but_reproducible_initialisation(tiny_project, tmp_path):
     a = make_trainer(tiny_project, tmp_path / "a", TrainConfig(epochs=1, **QUICK))
     b = make_trainer(tiny_project, tmp_path / "b", TrainConfig(epochs=1, **QUICK))
-    a.initialize()
-    b.initialize()
     sa = [unwrap(n).state_dict() for n in a.networks]
     sb = [unwrap(n).state_dict() for n in b.networks]
     assert state_equal(sa[0], sb[0]) and state_equal(sa[1], sb[1])
@@ -142,14 +132,12 @@ def test_networks_have_different_but_reproducible_initialisation(tiny_project, t
 
 def test_one_cps_step_updates_both_networks_and_reports_every_loss(tiny_project, tmp_path):
     trainer = make_trainer(tiny_project, tmp_path, TrainConfig(epochs=1, **QUICK))
-    trainer.initialize()
     trainer.current_lambda = 0.5
     before = [{k: v.clone() for k, v in unwrap(n).state_dict().items()} for n in trainer.networks]
     x_l = torch.randn(2, 1, 16, 32, 32)
     from cps3d.training.trainer import _UnlabeledDataLoader  # noqa: F401  (the unlabeled stream's class exists)
 
-    scales = trainer._get_deep_supervision_scales()
-    target = [torch.randint(0, 3, (2, 1, *[round(s * p) for s, p in zip(sc, (16, 32, 32))])).float() for sc in scales]
+    target = trainer.random_batch()["target"]
     x_u = torch.randn(2, 1, 16, 32, 32)
 
     class _Stream:
@@ -173,13 +161,10 @@ def test_two_pass_gradients_equal_the_one_pass_objective(tiny_project, tmp_path)
     from cps3d.training.losses import cps_loss_terms
 
     trainer = make_trainer(tiny_project, tmp_path, TrainConfig(epochs=1, **QUICK))
-    trainer.initialize()
     trainer.current_lambda = 0.3
     g = torch.Generator().manual_seed(0)
     x_l, x_u = torch.randn(2, 1, 16, 32, 32, generator=g), torch.randn(2, 1, 16, 32, 32, generator=g)
-    shape = (16, 32, 32)
-    target = [torch.randint(0, 3, (2, 1, *[round(s * p) for s, p in zip(sc, shape)]), generator=g).float()
-              for sc in trainer._get_deep_supervision_scales()]
+    target = trainer.random_batch(generator=g)["target"]
     nets = [unwrap(n) for n in trainer.networks]
 
     def grads():
@@ -206,13 +191,42 @@ def test_two_pass_gradients_equal_the_one_pass_objective(tiny_project, tmp_path)
 
 def test_lambda_zero_skips_unlabeled_gradients_but_logs_the_terms(tiny_project, tmp_path):
     trainer = make_trainer(tiny_project, tmp_path, TrainConfig(epochs=1, **QUICK))
-    trainer.initialize()
     trainer.current_lambda = 0.0
     x = torch.randn(2, 1, 16, 32, 32)
-    target = [torch.zeros(2, 1, *[round(s * p) for s, p in zip(sc, (16, 32, 32))])
-              for sc in trainer._get_deep_supervision_scales()]
+    target = [torch.zeros_like(t) for t in trainer.random_batch()["target"]]
     losses = trainer.forward_backward(x, target, torch.randn(2, 1, 16, 32, 32))
     assert losses["cps"].item() > 0 and losses["loss"].item() == pytest.approx(losses["sup"].item())
+
+
+def test_the_trainers_share_a_base_and_the_baseline_is_not_a_cps_trainer(tiny_project, tmp_path):
+    from cps3d.training.base import MultiNetworkTrainer
+    from cps3d.training.trainer import CPSTrainer, SupervisedTrainer
+
+    assert not issubclass(SupervisedTrainer, CPSTrainer)
+    assert issubclass(SupervisedTrainer, MultiNetworkTrainer) and issubclass(CPSTrainer, MultiNetworkTrainer)
+    trainer = make_trainer(tiny_project, tmp_path, TrainConfig(mode="supervised", epochs=1, **QUICK))
+    assert type(trainer) is SupervisedTrainer and len(trainer.networks) == 1 and trainer.was_initialized
+    assert trainer.output_folder.endswith(f"{tiny_project.dataset_name}/SupervisedTrainer__cps3dPlans__3d_fullres/fold_0")
+    ckpt = trainer.checkpoint_dict()
+    assert "network_weights_2" not in ckpt and ckpt["cps3d"]["n_networks"] == 1
+
+
+def test_random_batch_has_the_shapes_of_nnunets_batches(tiny_project, tmp_path):
+    """The synthetic batch (timing, tests) must look like what nnU-Net's loader yields, at every scale."""
+    trainer = make_trainer(tiny_project, tmp_path, TrainConfig(epochs=1, **QUICK))
+    from cps3d.nnunet_env import nnunet_folders
+
+    with nnunet_folders(preprocessed=tiny_project.preprocessed_root, results=tmp_path):
+        loader, _ = trainer.get_dataloaders()
+    real = next(loader)
+    fake = trainer.random_batch()
+    assert fake["data"].shape == real["data"].shape
+    assert [t.shape for t in fake["target"]] == [t.shape for t in real["target"]]
+    assert {int(v) for t in fake["target"] for v in t.unique()} <= set(range(3))
+    assert trainer.random_batch(5)["data"].shape[0] == 5
+    x_u = trainer.repeat_unlabeled()
+    assert x_u.shape[0] == trainer.unlabeled_batch_size and trainer.current_lambda == 0.5
+    assert next(trainer.dataloader_unlabeled)["data"] is x_u
 
 
 def test_train_config_validation():

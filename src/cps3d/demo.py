@@ -15,7 +15,6 @@ only what a changed setting affects):
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -191,32 +190,21 @@ class Demo:
 
         import torch
 
-        from cps3d.nnunet_env import nnunet_folders
         from cps3d.training.config import TrainConfig
-        from cps3d.training.trainer import TRAINERS
+        from cps3d.training.run import build_trainer
 
-        dj = read_json(self.pre / DATASET_NAME / "dataset.json")
         times = {}
         scratch = tempfile.mkdtemp(prefix="calibration_", dir=self.work)  # nnU-Net's trainer makes a log folder
         for mode in ("supervised", "cps"):
-            p = json.loads(json.dumps(plans))
-            p["continue_training"] = False
-            with nnunet_folders(preprocessed=self.pre, results=scratch):
-                t = TRAINERS[mode](p, CONFIGURATION, "all", dj, torch.device(self.device))
-            t.configure(TrainConfig(mode=mode, epochs=1, iters_per_epoch=1, val_iters=0, final_validation=False,
-                                    **self._objective(mode)), show_progress=False)
-            t.initialize()
-            t.current_lambda = 0.5
-            shape = tuple(t.configuration_manager.patch_size)
-            x = torch.randn((t.batch_size, 1, *shape), device=t.device)
-            target = [torch.randint(0, 14, (t.batch_size, 1, *[max(1, round(s * a)) for s, a in zip(sc, shape)]),
-                                    device=t.device).float() for sc in t._get_deep_supervision_scales()]
-            if mode == "cps":  # the unlabeled stream yields the same random batch
-                t.dataloader_unlabeled = itertools.repeat({"data": torch.randn((t.unlabeled_batch_size, 1, *shape))})
+            config = TrainConfig(mode=mode, epochs=1, iters_per_epoch=1, val_iters=0, final_validation=False,
+                                 **self._objective(mode))
+            t = build_trainer(DATASET_NAME, self.pre, scratch, CONFIGURATION, "all", config, device=self.device,
+                              plans=plans, show_progress=False)
+            batch = t.prepare_synthetic_steps()  # random batches of the plan's shape; CPS: an unlabeled one too
             samples = []
             for i in range(3):
                 start = time.perf_counter()
-                t.train_step({"data": x, "target": target})
+                t.train_step(batch)
                 if t.device.type == "cuda":
                     torch.cuda.synchronize()
                 if i > 0:  # the first iteration warms up

@@ -101,10 +101,6 @@ class TrainConfig:
     def ramp_epochs(self) -> int:
         return self.lambda_ramp_epochs if self.lambda_ramp_epochs is not None else self.epochs // 2
 
-    @property
-    def n_networks(self) -> int:
-        return 2 if self.mode == "cps" else 1
-
     def to_dict(self) -> dict:
         return asdict(self)
 

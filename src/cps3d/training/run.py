@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +16,9 @@ from cps3d.nnunet_env import nnunet_folders
 from cps3d.planning import DEFAULT_PLANS_NAME, load_plans
 from cps3d.preprocessing import unlabeled_folder
 from cps3d.training.config import TrainConfig, merge_for_resume
+
+if TYPE_CHECKING:
+    from cps3d.training.base import MultiNetworkTrainer
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +132,39 @@ def maybe_init_distributed(device: torch.device) -> bool:
     return True
 
 
-def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root: str | os.PathLike,
-          configuration: str, fold: int | str, config: TrainConfig, plans_name: str = DEFAULT_PLANS_NAME,
-          device: torch.device | str | None = None, continue_training: bool = False, overwrite: bool = False,
-          show_progress: bool = True):
-    """Train one fold and return the trainer (its ``output_folder`` holds checkpoints, logs and plots).
+def build_trainer(dataset_name: str, preprocessed_root: str | os.PathLike, results_root: str | os.PathLike,
+                  configuration: str, fold: int | str, config: TrainConfig, plans_name: str = DEFAULT_PLANS_NAME,
+                  device: torch.device | str | None = None, plans: dict | None = None, continue_training: bool = False,
+                  show_progress: bool = True) -> MultiNetworkTrainer:
+    """The trainer of ``config.mode`` for one fold, configured with ``config`` and initialised (networks, optimizers,
+    schedules and loss built; the data loaders come with ``run_training`` or ``get_dataloaders``).
 
-    ``fold`` is 0-4 or ``"all"`` (see :func:`check_fold`). Raises FileExistsError if the fold already holds a finished training and neither
-    ``continue_training`` (extend or resume it) nor ``overwrite`` (start again) is given.
+    ``plans`` (default: ``<preprocessed>/<dataset>/<plans_name>.json``) is copied, not changed. ``continue_training``
+    tells nnU-Net's logger to append to the run's log. ``fold`` is used as given (see :func:`check_fold`). Its
+    ``output_folder`` is ``model_folder(...)/fold_<fold>``.
     """
     from cps3d.training.trainer import TRAINERS
 
+    device = torch.device(device) if device is not None else default_device()
+    plans = copy.deepcopy(plans) if plans is not None else load_plans(preprocessed_root, dataset_name, plans_name)
+    plans["continue_training"] = continue_training  # nnU-Net's trainer pops this key
+    dataset_json = read_json(Path(preprocessed_root) / dataset_name / "dataset.json")
+    with nnunet_folders(preprocessed=preprocessed_root, results=results_root):
+        trainer = TRAINERS[config.mode](plans, configuration, fold, dataset_json, device)
+        trainer.configure(config, show_progress=show_progress)
+        trainer.initialize()
+    return trainer
+
+
+def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root: str | os.PathLike,
+          configuration: str, fold: int | str, config: TrainConfig, plans_name: str = DEFAULT_PLANS_NAME,
+          device: torch.device | str | None = None, continue_training: bool = False, overwrite: bool = False,
+          show_progress: bool = True) -> MultiNetworkTrainer:
+    """Train one fold and return the trainer (its ``output_folder`` holds checkpoints, logs and plots).
+
+    ``fold`` is 0-4 or ``"all"`` (see :func:`check_fold`). Raises FileExistsError if the fold already holds a finished
+    training and neither ``continue_training`` (extend or resume it) nor ``overwrite`` (start again) is given.
+    """
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but no CUDA device is available; use --device cpu")
@@ -146,7 +173,6 @@ def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root:
     if configuration not in plans["configurations"]:
         raise ValueError(f"configuration {configuration!r} not in {plans_name}.json "
                          f"(has: {sorted(plans['configurations'])}); run 'cps3d plan -c {configuration}'")
-    dataset_json = read_json(Path(preprocessed_root) / dataset_name / "dataset.json")
     data_folder = Path(preprocessed_root) / dataset_name / \
         plans["configurations"][configuration].get("data_identifier", f"{plans_name}_{configuration}")
     if not _has_cases(data_folder):
@@ -156,18 +182,17 @@ def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root:
         raise FileNotFoundError(f"{unlabeled_folder(data_folder)}: no preprocessed unlabeled cases; CPS needs scans in "
                                 "imagesUnlabeled/ (then 'cps3d preprocess'), or train with --mode supervised")
     distributed = maybe_init_distributed(device)
-    plans["continue_training"] = continue_training  # nnU-Net's trainer pops this key
+    out = model_folder(results_root, dataset_name, config.mode, plans_name, configuration) / f"fold_{fold}"
+    checkpoint = resume_checkpoint(out) if continue_training else None
+    if checkpoint is not None:
+        saved = saved_train_config(out, checkpoint)
+        if saved is not None:  # the run folder's configuration rules; only RESUMABLE options may change
+            config, changes = merge_for_resume(saved, config.to_dict())
+            for change in changes:
+                log.info("--continue: %s", change)
+    trainer = build_trainer(dataset_name, preprocessed_root, results_root, configuration, fold, config, plans_name,
+                            device, plans, continue_training, show_progress)
     with nnunet_folders(preprocessed=preprocessed_root, results=results_root):
-        trainer = TRAINERS[config.mode](plans, configuration, fold, dataset_json, device)
-        out = Path(trainer.output_folder)
-        checkpoint = resume_checkpoint(out) if continue_training else None
-        if checkpoint is not None:
-            saved = saved_train_config(out, checkpoint)
-            if saved is not None:  # the run folder's configuration rules; only RESUMABLE options may change
-                config, changes = merge_for_resume(saved, config.to_dict())
-                for change in changes:
-                    log.info("--continue: %s", change)
-        trainer.configure(config, show_progress=show_progress)
         if continue_training:
             if checkpoint is not None:
                 log.info("Resuming from %s", checkpoint)
