@@ -270,3 +270,30 @@ def test_device_cuda_is_passed_to_training_and_refused_without_cuda(tiny_project
     with pytest.raises(KeyboardInterrupt):
         run_compare(ds, tiny_project.preprocessed_root, tmp_path / "b", config)
     assert seen == ["cuda"]
+
+
+@pytest.mark.slow
+def test_cli_passes_its_options_to_the_comparison(tiny_project, tmp_path, monkeypatch, capsys):
+    import cps3d.compare as compare
+
+    seen = {}
+
+    def fake(ds, pre, output, config, **kwargs):
+        seen.update(ds=ds.name, output=output, config=config, **kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(compare, "run_compare", fake)
+    code = main(["compare", "-d", tiny_project.dataset_name, "--raw-root", str(tiny_project.raw_root),
+                 "--preprocessed-root", str(tiny_project.preprocessed_root), "-o", str(tmp_path / "c"),
+                 "--labeled", "2", "4", "--seeds", "2", "--methods", "baseline", "cps", "--optimizer", "short",
+                 "--epochs", "3", "--iters-per-epoch", "5", "--max-minutes", "1.5", "--device", "cuda",
+                 "--holdout", "1", "--jobs", "2", "--no-progress"])
+    assert code == 2 and "cps3d compare: error: stop here" in capsys.readouterr().err
+    c = seen["config"]
+    assert seen["ds"] == tiny_project.dataset_name and seen["holdout"] == 1 and seen["split"] is None
+    assert c.labeled == (2, 4) and c.seeds == (0, 1) and list(c.methods) == ["baseline", "cps"]
+    assert c.device == "cuda" and c.jobs == 2 and c.max_minutes == 1.5 and c.configuration == "3d_fullres"
+    run = c.run_config("cps", 1)
+    assert run["initial_lr"] == 0.1 and run["momentum"] == 0.9 and run["epochs"] == 3
+    assert run["iters_per_epoch"] == 5 and run["seed"] == 1010 and run["cps_loss"] == "ce"
+    assert run["final_validation"] is False
