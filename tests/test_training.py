@@ -391,3 +391,49 @@ def test_continue_finishes_a_final_validation_that_was_killed(tiny_project, tmp_
     again = train(*args, config, device="cpu", continue_training=True, show_progress=False)
     assert again.current_epoch == 1  # nothing retrained
     assert "foreground_mean" in read_json(validation / "summary.json")
+
+
+def test_cutmix_cross_terms_are_those_of_the_mixed_batch_against_mixed_teachers(tiny_project, tmp_path):
+    """With ``cutmix``, the unlabeled terms are l(T1(mix(x_u)), mix(argmax T2(x_u))) and the same with 1 and 2
+    swapped: the gradients must equal that reference built from the same box masks."""
+    from cps3d.training.losses import cps_loss_terms
+    from cps3d.training.mixing import box_masks, mix, mix_outputs
+
+    trainer = make_trainer(tiny_project, tmp_path, TrainConfig(epochs=1, cutmix=True, **QUICK))
+    trainer.current_lambda = 0.4
+    g = torch.Generator().manual_seed(0)
+    x_l, x_u = torch.randn(3, 1, 16, 32, 32, generator=g), torch.randn(3, 1, 16, 32, 32, generator=g)
+    target = trainer.random_batch(batch_size=3, generator=g)["target"]
+    nets = [unwrap(n) for n in trainer.networks]
+    trainer._mix_gen = torch.Generator().manual_seed(5)
+    losses = trainer.forward_backward(x_l, target, x_u)
+    mixed = [{n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None} for net in nets]
+    for net in nets:
+        net.zero_grad(set_to_none=True)
+
+    mask = box_masks(3, (16, 32, 32), torch.Generator().manual_seed(5))
+    assert 0 < mask.mean() < 1
+    cross = trainer._cross_fn()
+    outs_l = [net(x_l) for net in nets]
+    with torch.no_grad():
+        teachers = [mix_outputs(net(x_u), mask) for net in nets]
+    students = [net(mix(x_u, mask)) for net in nets]
+    terms = cps_loss_terms(trainer._loss_on_lists, outs_l[0], outs_l[1], target, cross_fn=cross)
+    unlabeled = cross(students[0], teachers[1]) + cross(students[1], teachers[0])
+    (terms.total(0.4) + 0.4 * unlabeled).backward()
+    assert losses["loss"].item() == pytest.approx((terms.total(0.4) + 0.4 * unlabeled).item(), rel=1e-5)
+    for a, net in zip(mixed, nets):
+        ref = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+        assert a.keys() == ref.keys() and len(a) > 0
+        for name in a:
+            torch.testing.assert_close(a[name], ref[name], rtol=1e-4, atol=1e-7, msg=name)
+    # the unmixed batch gives other gradients: the option is not a no-op
+    for net in nets:
+        net.zero_grad(set_to_none=True)
+    outs_l = [net(x_l) for net in nets]
+    outs_u = [net(x_u) for net in nets]
+    cps_loss_terms(trainer._loss_on_lists, outs_l[0], outs_l[1], target, outs_u[0], outs_u[1],
+                   cross_fn=cross).total(0.4).backward()
+    differ = [not torch.allclose(a[n], p.grad, rtol=1e-3, atol=1e-6) for a, net in zip(mixed, nets)
+              for n, p in net.named_parameters() if p.grad is not None]
+    assert sum(differ) >= len(differ) // 4  # the reference above matched to 1e-4

@@ -50,6 +50,7 @@ class TrainConfig:
     lambda_start_epoch: int = 0
     cps_loss: str = "dice_ce"
     confidence: float = 0.0
+    cutmix: bool = False
     lr_schedule: str = "plateau"
     initial_lr: float = 0.01
     weight_decay: float = 3e-5

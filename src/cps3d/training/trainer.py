@@ -33,6 +33,7 @@ from cps3d.training.losses import (
     pseudo_label_cross_entropy,
     pseudo_label_stats,
 )
+from cps3d.training.mixing import box_masks, mix, mix_outputs
 from cps3d.training.schedules import cps_lambda
 
 
@@ -67,6 +68,7 @@ class CPSTrainer(MultiNetworkTrainer):
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.dataloader_unlabeled: Any = None
+        self._mix_gen: torch.Generator | None = None  # CutMix boxes (``cutmix``), created on first use
 
     def log_keys(self) -> tuple[str, ...]:
         return (*super().log_keys(), "train_cps_losses", "pseudo_fg_fraction", "pseudo_confident_fraction")
@@ -173,9 +175,21 @@ class CPSTrainer(MultiNetworkTrainer):
         del outs
         stats = {}
         if x_u is not None:
-            with self._autocast(), torch.set_grad_enabled(unlabeled_backward):
-                outs = [as_list(net(x_u)) for net in self.networks]
-                t.cps_unlabeled_1, t.cps_unlabeled_2 = cross_terms(cross, *outs)
+            if unlabeled_backward and self.train_config.cutmix:
+                # the teachers label the unmixed batch; the students learn on the mixed one (cps3d.training.mixing)
+                with self._autocast(), torch.no_grad():
+                    outs = [as_list(net(x_u)) for net in self.networks]
+                mask = box_masks(x_u.shape[0], x_u.shape[2:], self._mixing_generator())
+                with self._autocast():
+                    students = [as_list(net(mix(x_u, mask))) for net in self.networks]
+                    teachers = [mix_outputs(o, mask) for o in outs]
+                    t.cps_unlabeled_1 = cross(students[0], teachers[1])
+                    t.cps_unlabeled_2 = cross(students[1], teachers[0])
+                del students, teachers
+            else:
+                with self._autocast(), torch.set_grad_enabled(unlabeled_backward):
+                    outs = [as_list(net(x_u)) for net in self.networks]
+                    t.cps_unlabeled_1, t.cps_unlabeled_2 = cross_terms(cross, *outs)
             # what the pseudo-labels of the unlabeled batch say (both teachers): the log shows a collapse to background
             per_teacher = [pseudo_label_stats(o, self.train_config.confidence) for o in outs]
             stats = {"pseudo_fg": torch.tensor(np.mean([f for f, _ in per_teacher])),
@@ -186,6 +200,13 @@ class CPSTrainer(MultiNetworkTrainer):
         l1, l2 = t.network_losses(lam)
         return {k: v.detach() for k, v in {"loss": t.total(lam), "sup": t.supervised, "cps": t.cps, "loss_1": l1,
                                            "loss_2": l2, "sup_1": t.sup_1, "sup_2": t.sup_2, **stats}.items()}
+
+    def _mixing_generator(self) -> torch.Generator:
+        """The CutMix boxes' own generator, seeded per run and rank (the data loaders' generators stay untouched)."""
+        if self._mix_gen is None:
+            rank = dist.get_rank() if self.is_ddp else 0
+            self._mix_gen = torch.Generator().manual_seed(self.train_config.seed + 1000 * rank + 17)
+        return self._mix_gen
 
     def _forward_backward_step(self, x_l: torch.Tensor, target: list[torch.Tensor]) -> dict:
         x_u = None
