@@ -62,3 +62,20 @@ def test_mixed_teacher_labels_are_the_mixed_labels_at_every_scale():
         labels = o.argmax(1, keepdim=True)
         expected = torch.where(coarse.bool(), labels, torch.roll(labels, 1, 0))
         assert torch.equal(m.argmax(1, keepdim=True), expected)
+
+
+def test_the_cutmix_option_reaches_the_training_configuration():
+    from cps3d.cli import build_parser
+    from cps3d.cli.train import _train_config
+    from cps3d.training.config import TrainConfig
+
+    parser = build_parser()
+
+    def config(*extra):
+        return _train_config(parser.parse_args(["train", "-d", "1", *extra]), None, None, "Dataset001_X")
+
+    assert config().cutmix is False
+    assert config("--cutmix").cutmix is True
+    assert config("--cutmix", "--no-cutmix").cutmix is False
+    with pytest.raises(ValueError, match="cutmix"):
+        TrainConfig(mode="supervised", cutmix=True)

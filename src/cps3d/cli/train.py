@@ -45,6 +45,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=None, metavar="T",
                    help="with --cps-loss ce: leave out of the cross terms the voxels where the other network's top "
                    "softmax probability is below T, in [0, 1) (default: 0, every voxel)")
+    p.add_argument("--cutmix", action=argparse.BooleanOptionalAction, default=None,
+                   help="compute the unlabeled cross terms on a CutMix of the unlabeled batch against the other "
+                   "network's pseudo-labels of the unmixed images, mixed the same way (the original CPS's "
+                   "augmentation, not the paper's; default: off)")
     p.add_argument("--lr-schedule", choices=("plateau", "poly"), default=None,
                    help="ReduceLROnPlateau on the training loss (the paper's) or nnU-Net's poly decay (default: plateau)")
     p.add_argument("--plateau-on", choices=PLATEAU_SIGNALS, default=None,
@@ -108,7 +112,7 @@ def _argv_without_num_gpus(argv: list[str]) -> list[str]:
 
 # the TrainConfig fields that options set, by argparse dest (every default is None: "not given")
 _CONFIG_OPTIONS = ("mode", "epochs", "iters_per_epoch", "val_iters", "lambda_max", "lambda_ramp_epochs",
-                   "lambda_start_epoch", "cps_loss", "confidence", "lr_schedule", "plateau_on", "initial_lr",
+                   "lambda_start_epoch", "cps_loss", "confidence", "cutmix", "lr_schedule", "plateau_on", "initial_lr",
                    "momentum", "seed", "save_every", "max_minutes", "final_validation", "amp")
 
 

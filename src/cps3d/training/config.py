@@ -80,6 +80,8 @@ class TrainConfig:
         if self.confidence > 0 and self.cps_loss != "ce":
             raise ValueError(f"confidence={self.confidence} needs cps_loss='ce' (the paper's Dice+CE cross terms use "
                              "every voxel's pseudo-label)")
+        if self.cutmix and self.mode != "cps":
+            raise ValueError("cutmix=True needs mode='cps' (it mixes the unlabeled batch of the cross terms)")
         if self.plateau_on not in PLATEAU_SIGNALS:
             raise ValueError(f"plateau_on={self.plateau_on!r}: choose one of {', '.join(PLATEAU_SIGNALS)}")
         for name in ("epochs", "iters_per_epoch", "save_every"):

@@ -39,7 +39,8 @@ def box_masks(batch: int, spatial: Sequence[int], generator: torch.Generator,
         log_aspect -= log_aspect.mean()
         sides = [max(1, min(s, round(s * f ** (1 / nd) * float(torch.exp(a))))) for s, a in zip(spatial, log_aspect)]
         starts = [int(torch.randint(0, s - k + 1, (), generator=generator)) for s, k in zip(spatial, sides)]
-        masks[(b, 0, *(slice(o, o + k) for o, k in zip(starts, sides)))] = 1.0
+        box: tuple[int | slice, ...] = (b, 0, *(slice(o, o + k) for o, k in zip(starts, sides)))
+        masks[box] = 1.0
     return masks
 
 
