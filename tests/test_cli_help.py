@@ -92,3 +92,58 @@ def test_abbreviated_options_are_refused(monkeypatch, tmp_path, capsys):
     assert "unrecognized arguments: --raw-r" in err and "--raw-root" in err
     err = usage_error(["--verb", "check", "-d", "1"], capsys)
     assert "unrecognized arguments: --verb (did you mean --verbose?)" in err
+
+
+def test_commands_are_listed_in_pipeline_order(capsys):
+    from cps3d.cli import COMMANDS
+
+    names = [m.COMMAND for m in COMMANDS]
+    assert sorted(names) == sorted(DOCUMENTED)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert sorted(names, key=lambda n: out.index(f"    {n} ")) == names  # --help lists them in COMMANDS' order
+
+
+def test_help_shows_the_configuration_classes_defaults(capsys):
+    """Options default to None ("not given"); the value the help text names is the dataclass's."""
+    from cps3d.fingerprint import FingerprintConfig
+    from cps3d.planning import DEFAULT_PLANS_NAME, PlanConfig
+    from cps3d.training.config import TrainConfig
+
+    def help_text(command):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+    train, plan = help_text("train"), help_text("plan")
+    t = TrainConfig()
+    for text in (f"--epochs EPOCHS default: {t.epochs}", f"(default: {t.iters_per_epoch})",
+                 f"(default: {t.lr_schedule})", f"(default: {t.momentum}, nnU-Net's", f"(default: {t.seed})",
+                 f"(default: {DEFAULT_PLANS_NAME})"):
+        assert text in train, text
+    f, p = FingerprintConfig(), PlanConfig()
+    for text in (f"(default: {f.intensity_stats})", f"(default: {f.samples_total})", f"(default: {f.seed})",
+                 f"(default: {p.planner})", "(default: 2d 3d_fullres)"):
+        assert text in plan, text
+    args = build_parser().parse_args(["train", "-d", "1"])
+    assert args.epochs is None and args.mode is None and args.lr_schedule is None  # "not given"
+
+
+def test_a_choice_error_names_the_option_and_the_closest_value():
+    from cps3d.options import check_choice
+    from cps3d.training.config import TrainConfig
+
+    assert check_choice("mode", "cps", ("cps", "supervised")) == "cps"
+    with pytest.raises(ValueError, match=r"^mode='supervsed': choose one of cps, supervised \(did you mean "
+                                         r"'supervised'\?\)$"):
+        TrainConfig(mode="supervsed")
+    with pytest.raises(ValueError, match=r"^lr_schedule='cosine': choose one of plateau, poly$"):  # none close
+        TrainConfig(lr_schedule="cosine")
+
+
+def test_library_errors_are_usage_errors_with_the_message(tmp_path, capsys):
+    """main() turns the library's ValueError/FileNotFoundError into 'cps3d CMD: error: ...' and status 2."""
+    assert main(["evaluate", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cps3d evaluate: error: ") and "a.json" in err and "Traceback" not in err

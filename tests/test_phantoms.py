@@ -318,6 +318,7 @@ def test_cli_parallel_output_equals_serial(dataset, tmp_path):
 
 
 def test_cli_defaults_match_the_library():
-    from cps3d.cli import phantoms as cli_phantoms
+    from cps3d.cli import build_parser
 
-    assert (cli_phantoms._DEFAULT_ID, cli_phantoms._DEFAULT_NAME) == (DEFAULT_DATASET_ID, DEFAULT_NAME)
+    args = build_parser().parse_args(["phantoms", "out", "--labeled", "1", "--unlabeled", "0", "--test", "0"])
+    assert (args.dataset_id, args.name) == (DEFAULT_DATASET_ID, DEFAULT_NAME)

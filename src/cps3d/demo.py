@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cps3d.files import read_json, write_json
+from cps3d.planning import DEFAULT_PLANS_NAME
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ class Demo:
         from cps3d.training.run import model_folder, train
 
         settings = {"train": config.to_dict(), "schedule": settings_key}
-        folder = model_folder(self.res, DATASET_NAME, mode, "cps3dPlans", CONFIGURATION)
+        folder = model_folder(self.res, DATASET_NAME, mode, DEFAULT_PLANS_NAME, CONFIGURATION)
         if not self.state.done(f"train_{mode}", settings):
             started = time.monotonic()
             resume = (folder / "fold_all" / "checkpoint_latest.pth").is_file() and \
@@ -343,7 +344,7 @@ class Demo:
         epochs = int(cps_ckpt["current_epoch"])
         last_lambda = float(cps_ckpt["logging"]["lambda"][-1])
         del cps_ckpt
-        plan = read_json(self.pre / DATASET_NAME / "cps3dPlans.json")["configurations"][CONFIGURATION]
+        plan = read_json(self.pre / DATASET_NAME / f"{DEFAULT_PLANS_NAME}.json")["configurations"][CONFIGURATION]
         fp = read_json(self.pre / DATASET_NAME / "dataset_fingerprint.json")
         clip = fp["foreground_intensity_properties_per_channel"]["0"]
         table = organ_table({r: s for r, s in summaries.items()})

@@ -28,6 +28,7 @@ import numpy as np
 from cps3d.dataset import DatasetError, Problem, RawDataset
 from cps3d.files import read_json, write_json
 from cps3d.images import ImageFileError, verify_image
+from cps3d.options import check_choice
 from cps3d.parallel import imap_cases
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,7 @@ class FingerprintConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        if self.intensity_stats not in INTENSITY_MODES:
-            raise ValueError(f"intensity_stats={self.intensity_stats!r}: choose one of {', '.join(INTENSITY_MODES)}")
+        check_choice("intensity_stats", self.intensity_stats, INTENSITY_MODES)
         if self.samples_total < 1000:
             raise ValueError(f"samples_total={self.samples_total}: must be at least 1000")
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from cps3d.files import read_json, write_json
 from cps3d.nnunet_env import nnunet_folders, planner_thread_count
+from cps3d.options import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,7 @@ class PlanConfig:
     unlabeled_batch_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.planner not in PLANNERS:
-            raise ValueError(f"planner={self.planner!r}: choose one of {', '.join(PLANNERS)}")
+        check_choice("planner", self.planner, PLANNERS)
         bad = [c for c in self.configurations if c not in CONFIGURATIONS]
         if bad or not self.configurations:
             raise ValueError(f"configurations={list(self.configurations)}: choose among {', '.join(CONFIGURATIONS)}")

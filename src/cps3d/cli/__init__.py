@@ -1,34 +1,39 @@
 """The ``cps3d`` command: one entry point, one subcommand per pipeline stage.
 
-Every module in this package that defines ``COMMAND``, ``add_parser(subparsers)`` and ``run(args) -> int`` is a
-subcommand. Modules import their heavy dependencies (torch, nnU-Net) inside ``run`` so that ``cps3d --help`` stays fast.
+Each subcommand is a module of this package with ``COMMAND``, ``add_parser(subparsers)`` and ``run(args) -> int``,
+listed in :data:`COMMANDS` in the pipeline order that ``cps3d --help`` shows. Modules import their heavy
+dependencies (torch, nnU-Net) inside ``run`` so that ``cps3d --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import importlib
+import argparse
 import logging
-import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import Protocol
 
 from cps3d import __version__
+from cps3d.cli import check, compare, demo, evaluate, phantoms, plan, predict, preprocess, profile, train
 from cps3d.cli.common import ArgumentParser, CLIError
 
-# Order in which subcommands are listed in ``cps3d --help`` (the pipeline order); unknown ones follow alphabetically.
-_ORDER = ["demo", "phantoms", "check", "plan", "preprocess", "train", "predict", "evaluate", "compare", "profile"]
+
+class Command(Protocol):
+    """What a subcommand module defines (the type checker checks every module in :data:`COMMANDS`)."""
+
+    COMMAND: str
+
+    def add_parser(self, sub) -> argparse.ArgumentParser: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
 
 
-def _command_modules():
-    found = []
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_") or info.name == "common":
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        if hasattr(module, "COMMAND") and hasattr(module, "add_parser") and hasattr(module, "run"):
-            found.append(module)
-    rank = {name: i for i, name in enumerate(_ORDER)}
-    return sorted(found, key=lambda m: (rank.get(m.COMMAND, len(_ORDER)), m.COMMAND))
+# the library raises these for input a user can fix (a missing or existing file, a bad value); main() reports them
+# without a traceback. A command that means another status (1: the input was checked and failed) raises CLIError.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+COMMANDS: tuple[Command, ...] = (demo, phantoms, check, plan, preprocess, train, predict, evaluate, compare,
+                                 profile)
 
 
 def build_parser() -> ArgumentParser:
@@ -43,7 +48,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cps3d {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in _command_modules():
+    for module in COMMANDS:
         p = module.add_parser(sub)
         p.set_defaults(_run=module.run, _parser=p)
     return parser
@@ -72,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as e:
         print(f"cps3d {args.command}: error: {e}", file=sys.stderr)
         return e.status
+    except USER_ERRORS as e:  # the library's errors name the file or option and the problem: usage errors
+        print(f"cps3d {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"cps3d {args.command}: interrupted", file=sys.stderr)
         return 130

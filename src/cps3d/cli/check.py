@@ -47,8 +47,6 @@ def run(args: argparse.Namespace) -> int:
         ds = RawDataset.load(os.path.join(raw, name))
     except DatasetError as e:  # a dataset.json that fails the check: status 1 like any other problem
         return _report(name, e.problems)
-    except (FileNotFoundError, ValueError) as e:
-        raise common.CLIError(str(e)) from e
     problems = check_dataset(ds, args.num_processes, not args.no_progress,
                              unlabeled=not args.no_unlabeled, test=not args.no_test)
     n_lab, n_unl, n_ts = len(ds.labeled_cases()), len(ds.unlabeled_cases()), len(ds.test_cases())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import difflib
+import dataclasses
 import os
-from collections.abc import Iterable, Sequence
-from typing import NoReturn
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from cps3d.options import closest
 
 
 class CLIError(Exception):
@@ -16,12 +18,6 @@ class CLIError(Exception):
     def __init__(self, message: str, status: int = 2) -> None:
         super().__init__(message)
         self.status = status
-
-
-def closest(value: str, candidates: Iterable[str]) -> str | None:
-    """The candidate ``value`` was most likely meant to be (difflib), or None if none is close."""
-    found = difflib.get_close_matches(str(value), [str(c) for c in candidates], n=1)
-    return found[0] if found else None
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -57,6 +53,24 @@ class ArgumentParser(argparse.ArgumentParser):
         else:
             hint = f" (did you mean {', '.join(f'{h} for {n}' for n, h in hints.items())}?)" if hints else ""
         self.error("unrecognized arguments: " + " ".join(extras) + hint)
+
+
+def default_of(config_class: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``config_class``: options default to None ("not given") and
+    the dataclass supplies the value, so that it is written in one place; help texts show it with this."""
+    for f in dataclasses.fields(config_class):
+        if f.name == name:
+            if f.default is dataclasses.MISSING:
+                raise ValueError(f"{config_class.__name__}.{name} has no default")
+            return f.default
+    raise ValueError(f"{config_class.__name__} has no field {name!r}")
+
+
+def add_plans_name(parser: argparse.ArgumentParser) -> None:
+    from cps3d.planning import DEFAULT_PLANS_NAME
+
+    parser.add_argument("--plans-name", default=DEFAULT_PLANS_NAME,
+                        help=f"plans identifier (default: {DEFAULT_PLANS_NAME})")
 
 
 def add_roots(parser: argparse.ArgumentParser, raw: bool = True, preprocessed: bool = True,
@@ -143,6 +157,4 @@ def checked_dataset(args: argparse.Namespace):
             ensure_checked(ds, os.path.join(pre, ds.name), args.num_processes, not args.no_progress)
     except DatasetError as e:
         raise CLIError(str(e), status=1) from e
-    except (FileNotFoundError, ValueError) as e:
-        raise CLIError(str(e)) from e
     return ds, raw, pre

@@ -43,11 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     given = {k: getattr(args, k) for k in ("labeled", "unlabeled", "test", "size", "seed")
              if getattr(args, k) is not None}
-    try:
-        config = DemoConfig(workdir=args.workdir, minutes=args.minutes, device=args.device,
-                            num_processes=args.num_processes, progress=not args.no_progress, **given)
-    except ValueError as e:
-        raise common.CLIError(str(e)) from e
+    config = DemoConfig(workdir=args.workdir, minutes=args.minutes, device=args.device,
+                        num_processes=args.num_processes, progress=not args.no_progress, **given)
     path, table = run_demo(config)
     print(table)
     print(f"\nReport: {path}")

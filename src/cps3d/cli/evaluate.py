@@ -50,10 +50,7 @@ def _compare_only(paths: list[str]) -> int:
 
     if len(paths) != 2:
         raise common.CLIError(f"without --pred/--ref, --compare takes two summary.json files, got {len(paths)}")
-    try:
-        a, b = load_summary(paths[0]), load_summary(paths[1])
-    except (FileNotFoundError, ValueError) as e:
-        raise common.CLIError(str(e)) from e
+    a, b = load_summary(paths[0]), load_summary(paths[1])
     print(compare_summaries(a, b, paths[0], paths[1]))
     return 0
 
@@ -94,8 +91,6 @@ def run(args: argparse.Namespace) -> int:
     except CasesNotScored as e:  # the input is wrong, not the command: exit status 1, like a failed check
         print(f"cps3d evaluate: {e}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, ValueError) as e:
-        raise common.CLIError(str(e)) from e
     csv_path = os.path.join(out_dir, "metrics_per_case.csv")
     json_path = os.path.join(out_dir, "summary.json")
     write_per_case_csv(csv_path, result)

@@ -6,11 +6,11 @@ import argparse
 
 from cps3d.cli import common
 
-COMMAND = "phantoms"
+# the writer's own defaults (cps3d --help imports cps3d.phantoms anyway: the demo command's defaults need it)
+from cps3d.phantoms.params import SIZES
+from cps3d.phantoms.writer import DEFAULT_DATASET_ID, DEFAULT_NAME
 
-# Kept in sync with cps3d.phantoms.writer (not imported here so that 'cps3d --help' stays light).
-_DEFAULT_ID = 900
-_DEFAULT_NAME = "Phantoms"
+COMMAND = "phantoms"
 
 
 def _non_negative(text: str) -> int:
@@ -39,13 +39,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--test", type=_non_negative, required=True, metavar="K",
                    help="number of test cases (with labels in labelsTs/)")
     p.add_argument("--seed", type=_non_negative, default=0, metavar="S", help="dataset seed (default: 0)")
-    p.add_argument("--size", choices=["small", "medium", "full"], default="small",
+    p.add_argument("--size", choices=SIZES, default="small",
                    help="small: ~30-64 voxels per side, for tests (well under 1 s per case); medium: 96-160 "
                    "in-plane, 48-96 slices, for the demo; full: 512x512, 1-5 mm slices, up to hundreds of slices, "
                    "like FLARE (several seconds per case). Default: small")
-    p.add_argument("--dataset-id", type=int, default=_DEFAULT_ID, metavar="ID",
-                   help=f"dataset id, 1-999 (default: {_DEFAULT_ID})")
-    p.add_argument("--name", default=_DEFAULT_NAME, help=f"dataset name (default: {_DEFAULT_NAME})")
+    p.add_argument("--dataset-id", type=int, default=DEFAULT_DATASET_ID, metavar="ID",
+                   help=f"dataset id, 1-999 (default: {DEFAULT_DATASET_ID})")
+    p.add_argument("--name", default=DEFAULT_NAME, help=f"dataset name (default: {DEFAULT_NAME})")
     p.add_argument("--overwrite", action="store_true",
                    help="write into an existing non-empty dataset folder, replacing phantom files of the same names "
                    "(nothing is deleted; refused if other case files are in the way)")
@@ -61,12 +61,9 @@ def run(args: argparse.Namespace) -> int:
         raise common.CLIError("--labeled must be at least 1 (nnU-Net needs labeled training cases)")
     if args.num_processes < 1:
         raise common.CLIError(f"-np must be at least 1, got {args.num_processes}")
-    try:
-        folder = write_dataset(args.out_dir, args.labeled, args.unlabeled, args.test, seed=args.seed, size=args.size,
-                               dataset_id=args.dataset_id, name=args.name, num_processes=args.num_processes,
-                               progress=not args.no_progress, overwrite=args.overwrite)
-    except (ValueError, FileExistsError, NotADirectoryError) as e:
-        raise common.CLIError(str(e)) from e
+    folder = write_dataset(args.out_dir, args.labeled, args.unlabeled, args.test, seed=args.seed, size=args.size,
+                           dataset_id=args.dataset_id, name=args.name, num_processes=args.num_processes,
+                           progress=not args.no_progress, overwrite=args.overwrite)
     print(f"{folder}: {args.labeled} labeled, {args.unlabeled} unlabeled, {args.test} test {args.size} phantom(s) "
           f"(seed {args.seed})")
     return 0

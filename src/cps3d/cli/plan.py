@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from cps3d.cli import common
+from cps3d.fingerprint import INTENSITY_MODES, FingerprintConfig
+from cps3d.planning import CONFIGURATIONS, PLANNERS, PlanConfig
 
 COMMAND = "plan"
 
@@ -22,25 +24,25 @@ def add_parser(sub) -> argparse.ArgumentParser:
     common.add_dataset(p)
     common.add_roots(p, raw=True, preprocessed=True)
     g = p.add_argument_group("fingerprint")
-    g.add_argument("--intensity-stats", choices=("global", "foreground", "body"), default="global",
+    fp = FingerprintConfig()  # the defaults
+    g.add_argument("--intensity-stats", choices=INTENSITY_MODES, default=None,
                    help="voxels the CT intensity statistics come from: all voxels of labeled and unlabeled scans "
                    "(global, the paper's), labeled foreground only (foreground, nnU-Net's), or labeled and unlabeled "
-                   "voxels above --body-threshold (body) (default: global)")
-    g.add_argument("--body-threshold", type=float, default=-500.0, metavar="HU",
-                   help="threshold of --intensity-stats body (default: -500)")
-    g.add_argument("--fingerprint-samples", type=int, default=10_000_000, metavar="N",
-                   help="voxels sampled in total for global/body statistics (default: 10000000)")
-    g.add_argument("--seed", type=int, default=1234, help="seed of the intensity sampler (default: 1234)")
+                   f"voxels above --body-threshold (body) (default: {fp.intensity_stats})")
+    g.add_argument("--body-threshold", type=float, default=None, metavar="HU",
+                   help=f"threshold of --intensity-stats body (default: {fp.body_threshold_hu:g})")
+    g.add_argument("--fingerprint-samples", type=int, default=None, metavar="N",
+                   help=f"voxels sampled in total for global/body statistics (default: {fp.samples_total})")
+    g.add_argument("--seed", type=int, default=None, help=f"seed of the intensity sampler (default: {fp.seed})")
     g.add_argument("--overwrite-fingerprint", action="store_true",
                    help="recompute the fingerprint even if an up-to-date one exists")
     g = p.add_argument_group("planning")
-    g.add_argument("--planner", default="nnUNetPlannerResEncM",
-                   choices=("nnUNetPlannerResEncM", "nnUNetPlannerResEncL", "nnUNetPlannerResEncXL",
-                            "ResEncUNetPlanner", "ExperimentPlanner"),
-                   help="nnU-Net planner (default: nnUNetPlannerResEncM)")
-    g.add_argument("--plans-name", default="cps3dPlans", help="plans identifier (default: cps3dPlans)")
-    g.add_argument("-c", "--configurations", nargs="+", default=["2d", "3d_fullres"], choices=("2d", "3d_fullres"),
-                   metavar="CONFIG", help="configurations to plan: 2d and/or 3d_fullres (default: both)")
+    plan = PlanConfig()  # the defaults
+    g.add_argument("--planner", default=None, choices=PLANNERS, help=f"nnU-Net planner (default: {plan.planner})")
+    common.add_plans_name(g)
+    g.add_argument("-c", "--configurations", nargs="+", default=None, choices=CONFIGURATIONS,
+                   metavar="CONFIG", help=f"configurations to plan: {' and/or '.join(CONFIGURATIONS)} "
+                   f"(default: {' '.join(plan.configurations)})")
     g.add_argument("--gpu-memory-gb", type=float, metavar="GB",
                    help="GPU memory CPS training may use (default: the planner's target, 8 for ResEnc M)")
     g.add_argument("--memory-factor", type=float, metavar="F",
@@ -61,21 +63,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from cps3d.dataset import DatasetError
-    from cps3d.fingerprint import FingerprintConfig, ensure_fingerprint
-    from cps3d.planning import PlanConfig, plan_experiment
+    from cps3d.fingerprint import ensure_fingerprint
+    from cps3d.planning import plan_experiment
 
-    try:
-        fp_config = FingerprintConfig(intensity_stats=args.intensity_stats, body_threshold_hu=args.body_threshold,
-                                      samples_total=args.fingerprint_samples, seed=args.seed)
-        plan_config = PlanConfig(planner=args.planner, plans_name=args.plans_name,
-                                 configurations=tuple(dict.fromkeys(args.configurations)),
-                                 gpu_memory_gb=args.gpu_memory_gb, memory_factor=args.memory_factor,
-                                 patch_size=tuple(args.patch_size) if args.patch_size else None,
-                                 n_stages=args.n_stages, base_features=args.base_features,
-                                 max_features=args.max_features, batch_size=args.batch_size,
-                                 unlabeled_batch_size=args.unlabeled_batch_size)
-    except ValueError as e:
-        raise common.CLIError(str(e)) from e
+    fp_given = {"intensity_stats": args.intensity_stats, "body_threshold_hu": args.body_threshold,
+                "samples_total": args.fingerprint_samples, "seed": args.seed}
+    fp_config = FingerprintConfig(**{k: v for k, v in fp_given.items() if v is not None})
+    plan_given = {"planner": args.planner,
+                  "configurations": tuple(dict.fromkeys(args.configurations)) if args.configurations else None}
+    plan_config = PlanConfig(**{k: v for k, v in plan_given.items() if v is not None}, plans_name=args.plans_name,
+                             gpu_memory_gb=args.gpu_memory_gb, memory_factor=args.memory_factor,
+                             patch_size=tuple(args.patch_size) if args.patch_size else None,
+                             n_stages=args.n_stages, base_features=args.base_features,
+                             max_features=args.max_features, batch_size=args.batch_size,
+                             unlabeled_batch_size=args.unlabeled_batch_size)
     ds, raw, pre = common.checked_dataset(args)
     try:
         fp = ensure_fingerprint(ds, pre, fp_config, args.num_processes, not args.no_progress,
@@ -83,6 +84,4 @@ def run(args: argparse.Namespace) -> int:
         plan_experiment(raw, pre, ds.name, plan_config, fingerprint_meta=fp.get("cps3d"))
     except DatasetError as e:  # files refused as they were read (--skip-check): the input failed, status 1
         raise common.CLIError(str(e), status=1) from e
-    except (FileNotFoundError, ValueError) as e:
-        raise common.CLIError(str(e)) from e
     return 0

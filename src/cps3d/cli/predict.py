@@ -91,23 +91,20 @@ def run(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("cps3d.predict")
     settings = dict(PROTOCOLS[args.protocol]) if args.protocol else {}
-    try:
-        if args.forced_spacing is not None:
-            settings["forced_spacing"] = parse_forced_spacing(args.forced_spacing)
-        if args.step_size is not None:
-            settings["step_size"] = args.step_size
-        if args.tta is not None:
-            settings["use_mirroring"] = args.tta
-        if args.resampling is not None:
-            settings["resampling"] = args.resampling
-        config = PredictConfig(
-            folds=tuple(args.folds) if args.folds else None, checkpoint=args.checkpoint, branch=args.branch,
-            ensemble_average=args.ensemble_average, device=args.device, postprocess=args.postprocess,
-            postprocess_labels=args.postprocess_labels, save_probabilities=args.save_probabilities,
-            overwrite=args.overwrite, part_id=args.part_id, num_parts=args.num_parts,
-            num_processes=args.num_processes, progress=not args.no_progress, **settings)
-    except ValueError as e:
-        raise common.CLIError(str(e)) from e
+    if args.forced_spacing is not None:
+        settings["forced_spacing"] = parse_forced_spacing(args.forced_spacing)
+    if args.step_size is not None:
+        settings["step_size"] = args.step_size
+    if args.tta is not None:
+        settings["use_mirroring"] = args.tta
+    if args.resampling is not None:
+        settings["resampling"] = args.resampling
+    config = PredictConfig(
+        folds=tuple(args.folds) if args.folds else None, checkpoint=args.checkpoint, branch=args.branch,
+        ensemble_average=args.ensemble_average, device=args.device, postprocess=args.postprocess,
+        postprocess_labels=args.postprocess_labels, save_probabilities=args.save_probabilities,
+        overwrite=args.overwrite, part_id=args.part_id, num_parts=args.num_parts,
+        num_processes=args.num_processes, progress=not args.no_progress, **settings)
     if args.protocol:
         log.info("Protocol %s: step %.2f, mirroring %s, forced spacing %s", args.protocol, config.step_size,
                  "on" if config.use_mirroring else "off",
@@ -118,18 +115,13 @@ def run(args: argparse.Namespace) -> int:
         from cps3d.evaluation.profiler import ResourceProfiler
         from cps3d.files import check_output_folder
 
-        try:
-            check_output_folder(args.profile, "profile folder (--profile)")
-        except ValueError as e:
-            raise common.CLIError(str(e)) from e
+        check_output_folder(args.profile, "profile folder (--profile)")
 
         profiler = ResourceProfiler(interval=0.1)
         profiler.start()
     try:
         with logging_redirect_tqdm():
             report = predict(args.input, args.output, args.model, config, profiler=profiler)
-    except (FileNotFoundError, ValueError) as e:
-        raise common.CLIError(str(e)) from e
     finally:
         if profiler is not None:
             profiler.stop()

@@ -22,7 +22,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     common.add_roots(p, raw=True, preprocessed=True)
     p.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"], metavar="CONFIG",
                    help="configuration(s) of the plans to preprocess (default: 3d_fullres)")
-    p.add_argument("--plans-name", default="cps3dPlans", help="plans identifier (default: cps3dPlans)")
+    common.add_plans_name(p)
     p.add_argument("--no-unlabeled", action="store_true", help="preprocess the labeled cases only")
     common.add_num_processes(p, default=2, what="preprocessing processes")
     common.add_skip_check(p)
@@ -44,6 +44,4 @@ def run(args: argparse.Namespace) -> int:
                   + ("" if args.no_unlabeled else f" and {s.unlabeled_folder}"))
     except RuntimeError as e:  # cases that failed (named; the others are stored): status 1
         raise common.CLIError(str(e), status=1) from e
-    except (FileNotFoundError, ValueError) as e:
-        raise common.CLIError(str(e)) from e
     return 0

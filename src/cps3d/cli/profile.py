@@ -47,10 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from cps3d.evaluation.profiler import FLARE_GPU_ALLOWANCE_MB, ProfileReport, profile_command
     from cps3d.files import check_output_folder, read_json
 
-    try:
-        check_output_folder(args.output, "output folder (-o)")  # before the command runs, not after
-    except ValueError as e:
-        raise common.CLIError(str(e)) from e
+    check_output_folder(args.output, "output folder (-o)")  # before the command runs, not after
     try:
         allowance = FLARE_GPU_ALLOWANCE_MB if args.gpu_allowance_mb is None else args.gpu_allowance_mb
         code = profile_command(cmd, args.output, interval=args.interval, gpu_allowance_mb=allowance,

@@ -7,9 +7,13 @@ import os
 import sys
 
 from cps3d.cli import common
-from cps3d.training.config import CROSS_LOSSES, PLATEAU_SIGNALS
+from cps3d.training.config import CROSS_LOSSES, LR_SCHEDULES, MODES, PLATEAU_SIGNALS, TrainConfig
 
 COMMAND = "train"
+
+
+def _default(name: str):
+    return common.default_of(TrainConfig, name)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -28,45 +32,52 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("-f", "--fold", default="0",
                    help="fold 0-4 of nnU-Net's 5-fold split (0 to N-1 when the preprocessed dataset folder has a "
                    "splits_final.json with N folds), or 'all' (default: 0)")
-    p.add_argument("--mode", choices=("cps", "supervised"), default=None, help="default: cps")
-    p.add_argument("--plans-name", default="cps3dPlans", help="plans identifier (default: cps3dPlans)")
-    p.add_argument("--epochs", type=int, default=None, help="default: 1000")
-    p.add_argument("--iters-per-epoch", type=int, default=None, help="training iterations per epoch (default: 250)")
-    p.add_argument("--val-iters", type=int, default=None, help="validation iterations per epoch (default: 50)")
-    p.add_argument("--lambda-max", type=float, default=None, help="final CPS weight (default: 0.5)")
+    p.add_argument("--mode", choices=MODES, default=None, help=f"default: {_default('mode')}")
+    common.add_plans_name(p)
+    p.add_argument("--epochs", type=int, default=None, help=f"default: {_default('epochs')}")
+    p.add_argument("--iters-per-epoch", type=int, default=None,
+                   help=f"training iterations per epoch (default: {_default('iters_per_epoch')})")
+    p.add_argument("--val-iters", type=int, default=None,
+                   help=f"validation iterations per epoch (default: {_default('val_iters')})")
+    p.add_argument("--lambda-max", type=float, default=None,
+                   help=f"final CPS weight (default: {_default('lambda_max')})")
     p.add_argument("--lambda-ramp-epochs", type=int, metavar="N",
                    help="epochs over which lambda rises from 0 to --lambda-max (default: half of --epochs)")
     p.add_argument("--lambda-start-epoch", type=int, default=None, metavar="N",
-                   help="hold lambda at 0 for the first N epochs, then ramp (default: 0, the paper's; a warm-up for "
+                   help=f"hold lambda at 0 for the first N epochs, then ramp (default: {_default('lambda_start_epoch')}, "
+                   "the paper's; a warm-up for "
                         "short runs, where the cross terms can otherwise teach both networks to predict background)")
     p.add_argument("--cps-loss", choices=CROSS_LOSSES, default=None,
                    help="loss of the cross terms: dice_ce (the paper's: Dice+CE against the other network's argmax) or "
-                   "ce (cross-entropy only, as the original CPS; with --confidence) (default: dice_ce)")
+                   f"ce (cross-entropy only, as the original CPS; with --confidence) (default: {_default('cps_loss')})")
     p.add_argument("--confidence", type=float, default=None, metavar="T",
                    help="with --cps-loss ce: leave out of the cross terms the voxels where the other network's top "
-                   "softmax probability is below T, in [0, 1) (default: 0, every voxel)")
+                   f"softmax probability is below T, in [0, 1) (default: {_default('confidence'):g}, every voxel)")
     p.add_argument("--cutmix", action=argparse.BooleanOptionalAction, default=None,
                    help="compute the unlabeled cross terms on a CutMix of the unlabeled batch against the other "
                    "network's pseudo-labels of the unmixed images, mixed the same way (the original CPS's "
-                   "augmentation, not the paper's; default: off)")
-    p.add_argument("--lr-schedule", choices=("plateau", "poly"), default=None,
-                   help="ReduceLROnPlateau on the training loss (the paper's) or nnU-Net's poly decay (default: plateau)")
+                   f"augmentation, not the paper's; default: {'on' if _default('cutmix') else 'off'})")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="ReduceLROnPlateau on the training loss (the paper's) or nnU-Net's poly decay "
+                   f"(default: {_default('lr_schedule')})")
     p.add_argument("--plateau-on", choices=PLATEAU_SIGNALS, default=None,
                    help="the loss of each network that the plateau schedule watches: total (supervised + lambda x "
-                   "CPS, which rises by design while lambda ramps up) or supervised (default: total)")
-    p.add_argument("--initial-lr", type=float, default=None, help="default: 0.01")
+                   f"CPS, which rises by design while lambda ramps up) or supervised (default: {_default('plateau_on')})")
+    p.add_argument("--initial-lr", type=float, default=None, help=f"default: {_default('initial_lr')}")
     p.add_argument("--momentum", type=float, default=None,
-                   help="SGD (Nesterov) momentum (default: 0.99, nnU-Net's; for runs of a few hundred iterations 0.9 "
+                   help=f"SGD (Nesterov) momentum (default: {_default('momentum')}, nnU-Net's; for runs of a few "
+                   "hundred iterations 0.9 "
                    "with --initial-lr 0.1 learns much faster, see the README)")
     p.add_argument("--seed", type=int, default=None,
-                   help="network 1 is initialised with SEED, network 2 with SEED+1 (default: 12345)")
-    p.add_argument("--save-every", type=int, default=None, help="write checkpoint_latest.pth every N epochs (default: 1)")
+                   help=f"network 1 is initialised with SEED, network 2 with SEED+1 (default: {_default('seed')})")
+    p.add_argument("--save-every", type=int, default=None,
+                   help=f"write checkpoint_latest.pth every N epochs (default: {_default('save_every')})")
     p.add_argument("--max-minutes", type=float, metavar="M",
                    help="stop after the epoch in which M minutes of training have passed (final checkpoint as if "
                    "--epochs had been reached; --continue goes on from there)")
     p.add_argument("--final-validation", action=argparse.BooleanOptionalAction, default=None,
-                   help="predict the validation fold at the end, as nnU-Net does (default: on; --no-final-validation "
-                   "skips it)")
+                   help="predict the validation fold at the end, as nnU-Net does (default: "
+                   f"{'on' if _default('final_validation') else 'off'}; --no-final-validation skips it)")
     p.add_argument("--no-amp", dest="amp", action="store_const", const=False, default=None,
                    help="disable mixed precision on CUDA")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
@@ -121,13 +132,12 @@ def _train_config(args: argparse.Namespace, preprocessed_root, results_root, dat
     options given (``cps3d.training.run.train`` then refuses those that may not change)."""
     from dataclasses import replace
 
-    from cps3d.training.config import TrainConfig
     from cps3d.training.run import check_fold, model_folder, saved_train_config
 
     given = {k: getattr(args, k) for k in _CONFIG_OPTIONS if getattr(args, k) is not None}
     if args.continue_training:
         fold = check_fold(args.fold, preprocessed_root, dataset_name)
-        folder = model_folder(results_root, dataset_name, given.get("mode", "cps"), args.plans_name,
+        folder = model_folder(results_root, dataset_name, given.get("mode", _default("mode")), args.plans_name,
                               args.configuration) / f"fold_{fold}"
         saved = saved_train_config(folder)
         if saved is not None:
@@ -144,11 +154,8 @@ def run(args: argparse.Namespace) -> int:
     from cps3d.training.run import check_fold
 
     pre = common.preprocessed_root(args, must_exist=True)
-    try:  # before torchrun starts N processes that would all fail
-        name = find_dataset_name(args.dataset, [pre])
-        check_fold(args.fold, pre, name)
-    except (FileNotFoundError, ValueError) as e:
-        raise common.CLIError(str(e)) from e
+    name = find_dataset_name(args.dataset, [pre])  # before torchrun starts N processes that would all fail
+    check_fold(args.fold, pre, name)
     if args.num_gpus > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         if args.device != "cpu":
             import torch
@@ -164,12 +171,9 @@ def run(args: argparse.Namespace) -> int:
     from cps3d.training.run import train
 
     res = common.results_root(args)
-    try:
-        config = _train_config(args, pre, res, name)
-        trainer = train(name, pre, res, args.configuration, args.fold, config, args.plans_name, args.device,
-                        args.continue_training, args.overwrite, show_progress=not args.no_progress)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        raise common.CLIError(str(e)) from e
+    config = _train_config(args, pre, res, name)
+    trainer = train(name, pre, res, args.configuration, args.fold, config, args.plans_name, args.device,
+                    args.continue_training, args.overwrite, show_progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"Model folder: {os.path.dirname(trainer.output_folder)}")
     return 0

@@ -10,14 +10,13 @@
 - :mod:`cps3d.inference.fast`: the fast path, nnU-Net's torch resampling on the network's device.
 - :mod:`cps3d.inference.postprocessing`: largest connected component per label, or nnU-Net's decisions.
 
-The names of the torch-dependent modules (model, predictor, export) are imported on first use, so that importing
-this package for the forced-spacing rule stays cheap.
+Importing this package imports torch and nnU-Net's predictor (about 2 s): the public API below is plain names, so
+that type checkers see them.
 """
 
 from __future__ import annotations
 
-import importlib
-
+from cps3d.inference.export import export_case, segmentation_low_memory
 from cps3d.inference.forced_spacing import (
     PRESETS,
     ForcedSpacing,
@@ -26,21 +25,21 @@ from cps3d.inference.forced_spacing import (
     through_plane_axis,
 )
 from cps3d.inference.inputs import Case, list_cases, select_part
+from cps3d.inference.model import LoadedModel, available_folds, load_model
 from cps3d.inference.postprocessing import Postprocessing, keep_largest_component
-
-_LAZY = {
-    "predict": "predictor", "PredictConfig": "predictor", "PredictionReport": "predictor",
-    "CaseResult": "predictor", "CaseFailure": "predictor", "CPSPredictor": "predictor", "PROTOCOLS": "predictor",
-    "make_predictor": "predictor", "prepare_case": "predictor",
-    "LoadedModel": "model", "load_model": "model", "available_folds": "model",
-    "segmentation_low_memory": "export", "export_case": "export",
-}
+from cps3d.inference.predictor import (
+    PROTOCOLS,
+    CaseFailure,
+    CaseResult,
+    CPSPredictor,
+    PredictConfig,
+    PredictionReport,
+    make_predictor,
+    predict,
+    prepare_case,
+)
 
 __all__ = ["PRESETS", "ForcedSpacing", "assumed_spacing", "parse_forced_spacing", "through_plane_axis", "Case",
-           "list_cases", "select_part", "Postprocessing", "keep_largest_component", *_LAZY]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+           "list_cases", "select_part", "Postprocessing", "keep_largest_component", "predict", "PredictConfig",
+           "PredictionReport", "CaseResult", "CaseFailure", "CPSPredictor", "PROTOCOLS", "make_predictor",
+           "prepare_case", "LoadedModel", "load_model", "available_folds", "segmentation_low_memory", "export_case"]

@@ -24,13 +24,14 @@ order (the first such axis on an exact tie); of the two in-plane axes, the one m
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from cps3d.options import closest
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,8 @@ def parse_forced_spacing(text: str | None) -> ForcedSpacing | None:
         else:
             return ForcedSpacing(sx, sy, sz)
     choices = ["off", *PRESETS]
-    close = difflib.get_close_matches(value, choices, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    close = closest(value, choices)
+    hint = f" (did you mean {close!r}?)" if close else ""
     raise ValueError(f"forced spacing {text!r}: choose one of {', '.join(choices)} or three spacings in mm "
                      f"'SX,SY,SZ'{hint}")
 

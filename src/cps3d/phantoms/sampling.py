@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cps3d.options import check_choice
 from cps3d.phantoms.params import (
     SIZES,
     Acquisition,
@@ -81,13 +82,7 @@ def as_generator(rng: np.random.Generator | int) -> np.random.Generator:
 
 def check_size(size: str) -> str:
     """Return ``size`` if it is one of SIZES, else raise ValueError suggesting the closest."""
-    if size in SIZES:
-        return size
-    import difflib
-
-    close = difflib.get_close_matches(str(size), SIZES, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}{hint}")
+    return check_choice("size", size, SIZES)
 
 
 class _Draw:

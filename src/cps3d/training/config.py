@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from cps3d.options import check_choice
+
 MODES = ("cps", "supervised")
 CROSS_LOSSES = ("dice_ce", "ce")  # the cross terms' loss (cps3d.training.losses)
 LR_SCHEDULES = ("plateau", "poly")
@@ -69,12 +71,9 @@ class TrainConfig:
     max_minutes: float | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r}: choose one of {', '.join(MODES)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule={self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
-        if self.cps_loss not in CROSS_LOSSES:
-            raise ValueError(f"cps_loss={self.cps_loss!r}: choose one of {', '.join(CROSS_LOSSES)}")
+        check_choice("mode", self.mode, MODES)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("cps_loss", self.cps_loss, CROSS_LOSSES)
         if not 0 <= self.confidence < 1:
             raise ValueError(f"confidence={self.confidence}: must be in [0, 1)")
         if self.confidence > 0 and self.cps_loss != "ce":
@@ -82,8 +81,7 @@ class TrainConfig:
                              "every voxel's pseudo-label)")
         if self.cutmix and self.mode != "cps":
             raise ValueError("cutmix=True needs mode='cps' (it mixes the unlabeled batch of the cross terms)")
-        if self.plateau_on not in PLATEAU_SIGNALS:
-            raise ValueError(f"plateau_on={self.plateau_on!r}: choose one of {', '.join(PLATEAU_SIGNALS)}")
+        check_choice("plateau_on", self.plateau_on, PLATEAU_SIGNALS)
         for name in ("epochs", "iters_per_epoch", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
