@@ -369,7 +369,10 @@ def test_resume_refuses_a_changed_option_and_logs_the_allowed_ones(tiny_project,
 
 
 def test_poly_extension_goes_on_from_the_current_learning_rate():
-    from cps3d.training.schedules import extended_poly_initial_lr, poly_lr
+    from cps3d.training.schedules import extended_poly_initial_lr
+
+    def poly_lr(epoch, initial_lr, max_epochs):  # nnU-Net's PolyLRScheduler, exponent 0.9
+        return initial_lr * (1 - epoch / max_epochs) ** 0.9
 
     assert extended_poly_initial_lr(0.01, 10, 10, 4) == 0.01  # a resumed kill: the same curve
     new = extended_poly_initial_lr(0.01, 2, 3, 2)  # 2 epochs done of 2, extended to 3

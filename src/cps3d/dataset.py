@@ -136,8 +136,8 @@ class RawDataset:
         return cls(folder, dj)
 
     @classmethod
-    def from_root(cls, raw_root: str, dataset: str | int, other_roots: tuple[str, ...] = ()) -> RawDataset:
-        name = find_dataset_name(dataset, [raw_root, *other_roots])
+    def from_root(cls, raw_root: str, dataset: str | int) -> RawDataset:
+        name = find_dataset_name(dataset, [raw_root])
         return cls.load(Path(raw_root) / name)
 
     @property

@@ -129,7 +129,6 @@ class Demo:
         self.work.mkdir(parents=True, exist_ok=True)
         self.state = _State(self.work / "demo_state.json")
         self.t0 = time.monotonic()
-        self.deadline = self.t0 + 60 * config.minutes
 
     # --------------------------------------------------------------------------------------------------- helpers
     def _step(self, n: int, text: str) -> None:

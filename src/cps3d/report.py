@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -148,12 +147,3 @@ def qualitative_figure(cases: Sequence[str], image_files: Mapping[str, str], ref
     _save(fig, path)
     plt.close(fig)
 
-
-def copy_figure(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Copy a figure into a report folder (atomically)."""
-    from cps3d.files import atomic_path
-
-    dst = Path(dst)
-    with atomic_path(dst) as tmp:
-        Path(tmp).write_bytes(Path(src).read_bytes())
-    return dst

@@ -28,13 +28,6 @@ def cps_lambda(epoch: int, lambda_max: float = 0.5, ramp_epochs: int = 500, star
     return float(lambda_max) * min(1.0, (epoch - start_epoch) / ramp_epochs)
 
 
-def poly_lr(epoch: int, initial_lr: float, max_epochs: int, exponent: float = 0.9) -> float:
-    """nnU-Net's polynomial decay: ``initial_lr * (1 - epoch / max_epochs) ** exponent``."""
-    if not 0 <= epoch <= max_epochs:
-        raise ValueError(f"epoch={epoch}: must be within [0, {max_epochs}]")
-    return initial_lr * (1 - epoch / max_epochs) ** exponent
-
-
 def extended_poly_initial_lr(initial_lr: float, old_max_epochs: int, new_max_epochs: int, next_epoch: int,
                              exponent: float = 0.9) -> float:
     """The ``initial_lr`` of a poly curve over ``new_max_epochs`` that passes through the learning rate the old
