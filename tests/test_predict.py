@@ -66,17 +66,22 @@ def assert_same_grid(out: Path, ref: Path) -> None:
     np.testing.assert_allclose(nib.load(out).affine, nib.load(ref).affine, atol=1e-5, err_msg=out.name)
 
 
-@pytest.mark.parametrize("forced", [None, "paper"])
-def test_outputs_are_on_the_input_grid(model_dir, scan_folder, tmp_path, forced):
-    config = PredictConfig(forced_spacing=PRESETS[forced] if forced else None, **QUIET)
-    report = predict([scan_folder], tmp_path, model_dir, config)
+def assert_labels_on_input_grids(report, out_dir, scan_folder):
+    """Every scan predicted, each label map a uint8 image of labels 0-2 on exactly its scan's grid."""
     assert not report.failed and sorted(r.case_id for r in report.predicted) == sorted(SCANS)
     for name in SCANS:
-        out = tmp_path / f"{name}.nii.gz"
+        out = out_dir / f"{name}.nii.gz"
         assert_same_grid(out, scan_folder / f"{name}_0000.nii.gz")
         seg = sitk.ReadImage(str(out))
         assert seg.GetPixelID() == sitk.sitkUInt8
         assert set(np.unique(sitk.GetArrayViewFromImage(seg))) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("forced", [None, "paper"])
+def test_outputs_are_on_the_input_grid(model_dir, scan_folder, tmp_path, forced):
+    config = PredictConfig(forced_spacing=PRESETS[forced] if forced else None, **QUIET)
+    report = predict([scan_folder], tmp_path, model_dir, config)
+    assert_labels_on_input_grids(report, tmp_path, scan_folder)
     # network input shapes by hand, plan spacing (z, y, x) = (3, 1.5, 1.5): round(size * spacing / plan spacing)
     lps = next(r for r in report.predicted if r.case_id == "lps_int32")
     if forced is None:
@@ -383,13 +388,7 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, dict[int, float]]:
 def test_fast_path_outputs_are_on_the_input_grid(model_dir, scan_folder, tmp_path, forced):
     config = PredictConfig(resampling="torch", forced_spacing=PRESETS[forced] if forced else None, **QUIET)
     report = predict([scan_folder], tmp_path, model_dir, config)
-    assert not report.failed and sorted(r.case_id for r in report.predicted) == sorted(SCANS)
-    for name in SCANS:
-        out = tmp_path / f"{name}.nii.gz"
-        assert_same_grid(out, scan_folder / f"{name}_0000.nii.gz")
-        seg = sitk.ReadImage(str(out))
-        assert seg.GetPixelID() == sitk.sitkUInt8
-        assert set(np.unique(sitk.GetArrayViewFromImage(seg))) <= {0, 1, 2}
+    assert_labels_on_input_grids(report, tmp_path, scan_folder)
     lps = next(r for r in report.predicted if r.case_id == "lps_int32")  # the same network input as the exact path
     assert lps.network_shape == ([13, 22, 22] if forced is None else [13, 15, 18])
     assert json.loads((tmp_path / "cps3d_predict.json").read_text())["config"]["resampling"] == "torch"

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
@@ -43,6 +42,7 @@ from cps3d.files import atomic_path, write_json
 from cps3d.training.config import TrainConfig
 from cps3d.training.progress import plot_progress
 from cps3d.training.schedules import PlateauSchedule, extended_poly_initial_lr
+from cps3d.training.validation import dice_per_class, hard_counts, mean_over_ranks
 
 
 def unwrap(module: torch.nn.Module) -> Any:
@@ -256,17 +256,9 @@ class MultiNetworkTrainer(nnUNetTrainer):
         lrs = [opt.param_groups[0]["lr"] for opt in self.optimizers]
         self.print_to_log_file(f"Current learning rate: {', '.join(f'{lr:.5g}' for lr in lrs)}; "
                                f"CPS weight lambda: {self.current_lambda:.4f}")
-        self.logger.log("lrs", lrs[0], self.current_epoch)
-        for k, lr in enumerate(lrs[1:], start=2):
-            self.logger.log(f"lrs_{k}", lr, self.current_epoch)
+        for k, lr in enumerate(lrs, start=1):  # nnU-Net's key for network 1, lrs_k for network k
+            self.logger.log("lrs" if k == 1 else f"lrs_{k}", lr, self.current_epoch)
         self.logger.log("lambda", self.current_lambda, self.current_epoch)
-
-    def _mean_over_ranks(self, values: np.ndarray) -> float:
-        if self.is_ddp:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, values)
-            values = np.concatenate([np.atleast_1d(g) for g in gathered])
-        return float(np.mean(values))
 
     def log_train_means(self, means: dict[str, float], epoch: int) -> None:
         """Log the epoch's mean training losses (``means``: the keys ``forward_backward`` returns)."""
@@ -278,7 +270,7 @@ class MultiNetworkTrainer(nnUNetTrainer):
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         out = collate_outputs(train_outputs)
-        means = {k: self._mean_over_ranks(np.asarray(v)) for k, v in out.items()}
+        means = {k: mean_over_ranks(np.asarray(v), self.is_ddp) for k, v in out.items()}
         self.log_train_means(means, self.current_epoch)
         if self.train_config.lr_schedule == "plateau":
             # each network's schedule watches its own loss; a single network's is the objective itself
@@ -296,30 +288,6 @@ class MultiNetworkTrainer(nnUNetTrainer):
         n = self.n_networks
         return [""] + [f"_{k}" for k in range(2, n + 1)] + (["_avg"] if n > 1 else [])
 
-    def _hard_counts(self, output: torch.Tensor, target: torch.Tensor, probabilities: bool = False) -> dict:
-        """True/false positive and false negative voxel counts per foreground class of one output (logits, or
-        probabilities when ``probabilities``), as nnU-Net's online pseudo-Dice counts them."""
-        axes = [0] + list(range(2, output.ndim))
-        if self.label_manager.has_regions:
-            onehot = ((output > 0.5) if probabilities else (torch.sigmoid(output) > 0.5)).long()
-        else:
-            seg = output.argmax(1)[:, None]
-            onehot = torch.zeros(output.shape, device=output.device, dtype=torch.float16)
-            onehot.scatter_(1, seg, 1)
-        mask = None
-        if self.label_manager.has_ignore_label:
-            if not self.label_manager.has_regions:
-                mask = (target != self.label_manager.ignore_label).float()
-                target = torch.where(target == self.label_manager.ignore_label, torch.zeros_like(target), target)
-            else:
-                mask = (~target[:, -1:].bool()).float()
-                target = target[:, :-1]
-        tp, fp, fn, _ = get_tp_fp_fn_tn(onehot, target, axes=axes, mask=mask)
-        tp, fp, fn = (t.detach().cpu().numpy() for t in (tp, fp, fn))
-        if not self.label_manager.has_regions:
-            tp, fp, fn = tp[1:], fp[1:], fn[1:]
-        return {"tp": tp, "fp": fp, "fn": fn}
-
     def validation_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
@@ -336,21 +304,9 @@ class MultiNetworkTrainer(nnUNetTrainer):
             probabilities = [act(t) for t in top]
             counted.append(("_avg", sum(probabilities[1:], probabilities[0]) / len(top), True))
         for suffix, out, probs in counted:
-            for key, value in self._hard_counts(out, target[0], probs).items():
+            for key, value in hard_counts(out, target[0], self.label_manager, probs).items():
                 result[f"{key}_hard{suffix}"] = value
         return result
-
-    def _dice_per_class(self, outputs: dict, suffix: str) -> list[float]:
-        tp, fp, fn = (np.sum(outputs[f"{k}_hard{suffix}"], 0) for k in ("tp", "fp", "fn"))
-        if self.is_ddp:
-            parts = []
-            for arr in (tp, fp, fn):
-                gathered: list[Any] = [None] * dist.get_world_size()
-                dist.all_gather_object(gathered, arr)
-                parts.append(np.sum(gathered, 0))
-            tp, fp, fn = parts
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return [float(v) for v in 2 * tp / (2 * tp + fp + fn)]
 
     def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
         e = self.current_epoch
@@ -362,8 +318,8 @@ class MultiNetworkTrainer(nnUNetTrainer):
             loss = float("nan")
         else:
             out = collate_outputs(val_outputs)
-            per = {s: self._dice_per_class(out, s) for s in suffixes}
-            loss = self._mean_over_ranks(np.asarray(out["loss"]))
+            per = {s: dice_per_class(out, s, self.is_ddp) for s in suffixes}
+            loss = mean_over_ranks(np.asarray(out["loss"]), self.is_ddp)
         with np.errstate(invalid="ignore"):
             means = {s: float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan") for s, v in per.items()}
         self.logger.log("mean_fg_dice", means[""], e)
