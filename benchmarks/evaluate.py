@@ -7,7 +7,7 @@ organ):
 - reference: the loop of FLARE 2022's evaluation script: per organ, full-volume masks ``labels == k``, then
   ``surface_distance.compute_dice_coefficient``, ``compute_surface_distances`` and
   ``compute_surface_dice_at_tolerance``;
-- ours: ``cps3d.evaluation.flare.evaluate_label_maps`` (one bounding-box pass per map, per-organ crops).
+- ours: ``cps3d.evaluation.evaluate_label_maps`` (one bounding-box pass per map, per-organ crops).
 
 Cases: the real CT's two TotalSegmentator label maps (tests/data/real_ct or /work/shared/data/real_ct, or
 --real-ct DIR), and a synthetic 512 x 512 x 200 pair at 0.8 x 0.8 x 2.5 mm with 13 perturbed ellipsoid organs.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cps3d.evaluation.flare import FLARE_SLICE_RANGE_LABELS, axial_axis, evaluate_label_maps, flare_targets
+from cps3d.evaluation import FLARE_SLICE_RANGE_LABELS, axial_axis, evaluate_label_maps, flare_targets
 
 REPO = Path(__file__).resolve().parents[1]
 

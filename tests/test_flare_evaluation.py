@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import surface_distance as sd
 
 from cps3d.cli import main
-from cps3d.evaluation.flare import (
+from cps3d.evaluation import (
     EvaluationConfig,
     Target,
     axial_axis,
@@ -245,7 +245,7 @@ def test_missing_prediction_is_an_error_and_extra_a_warning(tmp_path, caplog):
         evaluate_folders(pred_dir, ref_dir, progress=False)
     shutil.copy(ref_dir / "case_001.nii.gz", pred_dir / "case_001.nii.gz")
     shutil.copy(ref_dir / "case_002.nii.gz", pred_dir / "extra_case.nii.gz")
-    with caplog.at_level(logging.WARNING, logger="cps3d.evaluation.flare"):
+    with caplog.at_level(logging.WARNING, logger="cps3d.evaluation.folders"):
         result = evaluate_folders(pred_dir, ref_dir, progress=False)
     assert "extra_case.nii.gz" in caplog.text
     assert [c.case for c in result.cases] == ["case_000", "case_001", "case_002"]
@@ -386,7 +386,7 @@ def test_cli_evaluate_output_that_is_a_file_is_refused_before_scoring(tmp_path, 
     def must_not_score(*args, **kwargs):
         raise AssertionError("scored before the output folder was checked")
 
-    monkeypatch.setattr("cps3d.evaluation.flare.evaluate_folders", must_not_score)
+    monkeypatch.setattr("cps3d.evaluation.evaluate_folders", must_not_score)
     rc = main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "-o", str(tmp_path / "taken"), "-np",
                "1", "--no-progress"])
     assert rc == 2

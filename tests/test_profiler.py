@@ -6,6 +6,7 @@ The machine running the tests is shared and noisy, so measured figures are check
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -13,7 +14,8 @@ import time
 import pytest
 
 from cps3d.cli import main
-from cps3d.evaluation import profiler as P
+from cps3d.evaluation import meters
+from cps3d.evaluation.profile_report import window_summary
 from cps3d.evaluation.profiler import NO_GPU, ResourceProfiler, Sample, profile_command
 
 BURN = """
@@ -34,7 +36,7 @@ def no_gpu(monkeypatch):
         raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
 
     monkeypatch.setattr(pynvml, "nvmlInit", fail)
-    monkeypatch.setattr(P, "_listdir", lambda path: [])
+    monkeypatch.setattr(meters, "_listdir", lambda path: [])
     monkeypatch.delitem(sys.modules, "torch", raising=False)
 
 
@@ -43,18 +45,18 @@ def test_window_areas_by_hand():
     # GPU memory 1000, 3000, 3000 MB with a 2048 MB allowance counts 0, 952, 952: trapezoids 476 + 1904.
     samples = [Sample(0.0, None, None, 10.0, 1.0, 1000.0), Sample(1.0, 50.0, 25.0, 30.0, 3.0, 3000.0),
                Sample(3.0, 100.0, 50.0, 20.0, 2.0, 3000.0)]
-    s = P._window_summary(samples, 0.0, 3.0, 2048.0, has_gpu=True)
+    s = window_summary(samples, 0.0, 3.0, 2048.0, has_gpu=True)
     assert s.running_time_s == 3.0
     assert s.cpu_area_percent_s == pytest.approx(50 * 1 + 100 * 2)
     assert s.process_cpu_area_percent_s == pytest.approx(25 * 1 + 50 * 2)
     assert s.gpu_area_mb_s == pytest.approx(0.5 * 952 * 1 + 952 * 2)
     assert s.peak_gpu_mb == 3000.0 and s.peak_ram_mb == 30.0 and s.peak_process_rss_mb == 3.0
     # the window [1, 3] only
-    w = P._window_summary(samples, 1.0, 3.0, 0.0, has_gpu=True)
+    w = window_summary(samples, 1.0, 3.0, 0.0, has_gpu=True)
     assert w.running_time_s == 2.0 and w.cpu_area_percent_s == pytest.approx(200.0)
     assert w.gpu_area_mb_s == pytest.approx(6000.0)
     # without a GPU the GPU figures are None, not 0
-    n = P._window_summary([Sample(0.0, None, None, 1.0, 1.0, None), Sample(1.0, 10.0, 5.0, 1.0, 1.0, None)],
+    n = window_summary([Sample(0.0, None, None, 1.0, 1.0, None), Sample(1.0, 10.0, 5.0, 1.0, 1.0, None)],
                           0.0, 1.0, 0.0, has_gpu=False)
     assert n.peak_gpu_mb is None and n.gpu_area_mb_s is None
 
@@ -156,27 +158,16 @@ def test_invalid_arguments():
             pass
 
 
-def test_psutil_fallback_arithmetic():
-    # the fallback for systems without /proc reads psutil's counters; a stand-in with known counters
+def test_machine_cpu_arithmetic():
+    # psutil's counters split as /proc/stat is: a stand-in with known counters
     class Times:
         _fields = ("user", "nice", "system", "idle", "iowait", "guest")
 
         def __init__(self, user, idle):
             self.user, self.nice, self.system, self.idle, self.iowait, self.guest = user, 0.0, 0.0, idle, 0.0, 5.0
 
-    class FakePsutil:
-        Error = Exception
-        times = [Times(10.0, 90.0), Times(40.0, 160.0)]
-
-        def cpu_times(self):
-            return self.times.pop(0)
-
-        def cpu_count(self):
-            return 4
-
-    meters = P._PsutilMeters(FakePsutil())
-    (b0, t0, n), (b1, t1, _) = meters.machine(), meters.machine()
-    assert n == 4 and (b1 - b0) / (t1 - t0) == pytest.approx(30.0 / 100.0)  # guest time is not counted twice
+    (b0, t0), (b1, t1) = meters.busy_and_total(Times(10.0, 90.0)), meters.busy_and_total(Times(40.0, 160.0))
+    assert (b1 - b0) / (t1 - t0) == pytest.approx(30.0 / 100.0)  # guest time is not counted twice
 
 
 @pytest.mark.gpu
@@ -195,3 +186,20 @@ def test_gpu_memory_is_measured_when_a_gpu_exists(tmp_path):
     assert prof.has_gpu and report.gpu != NO_GPU
     assert report.total.peak_gpu_mb is not None and report.total.peak_gpu_mb > 0
     assert report.total.gpu_area_mb_s is not None and report.total.gpu_area_mb_s > 0
+
+
+def test_meters_agree_with_the_kernel_counters():
+    # psutil reads the same counters the profiler used to parse from /proc by hand: same cores, RAM and RSS
+    with open("/proc/stat") as f:
+        cores = sum(1 for line in f if line.startswith("cpu") and line[3].isdigit())
+    assert meters.machine_cpu()[2] == cores
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: int(line.split()[1]) for line in f if ":" in line}
+    used = (info["MemTotal"] - info["MemAvailable"]) / 1024.0
+    assert abs(meters.machine_ram_used_mb() - used) <= 0.02 * info["MemTotal"] / 1024.0  # the machine is shared
+    ballast = bytearray(64 * 1024 * 1024)  # 64 MB resident (bytearray writes its zeros)
+    _, rss = meters.ProcessTree().read(os.getpid())
+    with open("/proc/self/statm") as f:
+        statm_mb = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    assert rss >= 64 and abs(rss - statm_mb) <= 8
+    del ballast

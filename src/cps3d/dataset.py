@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cps3d.files import read_json, write_json
-from cps3d.images import ImageFileError, ImageInfo, read_image_checked, read_image_info
+from cps3d.images import Grid, ImageFileError, ImageInfo, read_image_checked, read_image_info
 from cps3d.parallel import imap_cases
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,6 @@ TEST_IMAGES = "imagesTs"
 TEST_LABELS = "labelsTs"
 
 _DATASET_NAME = re.compile(r"Dataset(\d{3})_[A-Za-z0-9_\-]+")
-
-# Geometry tolerances between an image's channels and its label: headers are often stored in float32.
-SPACING_TOLERANCE_MM = 1e-3
-ORIGIN_TOLERANCE_MM = 1e-2
-DIRECTION_TOLERANCE = 1e-4
 
 
 class DatasetError(ValueError):
@@ -305,31 +300,6 @@ def check_layout(ds: RawDataset) -> list[Problem]:
     return problems
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    size: tuple[int, ...]
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]
-
-    def differences(self, other: _Geometry) -> list[str]:
-        out = []
-        if self.size != other.size:
-            out.append(f"shape {other.size} != {self.size}")
-            return out
-        if not np.allclose(self.spacing, other.spacing, rtol=1e-5, atol=SPACING_TOLERANCE_MM):
-            out.append(f"spacing {_fmt(other.spacing)} != {_fmt(self.spacing)}")
-        if not np.allclose(self.origin, other.origin, rtol=0, atol=ORIGIN_TOLERANCE_MM):
-            out.append(f"origin {_fmt(other.origin)} != {_fmt(self.origin)}")
-        if not np.allclose(self.direction, other.direction, rtol=0, atol=DIRECTION_TOLERANCE):
-            out.append(f"direction {_fmt(other.direction)} != {_fmt(self.direction)}")
-        return out
-
-
-def _fmt(v: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
-
-
 def _info(path: str, problems: list[Problem]) -> ImageInfo | None:
     """The header of ``path``, or None with the problem recorded."""
     try:
@@ -353,10 +323,6 @@ def _voxels(path: str, problems: list[Problem]) -> np.ndarray | None:
     return None
 
 
-def _geometry(info: ImageInfo) -> _Geometry:
-    return _Geometry(info.size, info.spacing, info.origin, info.direction)
-
-
 def check_case(images: list[str], label: str | None, allowed_labels: set[int] | None,
                dimension: int | None = None) -> list[Problem]:
     """Read one case and report every problem: missing, empty, unreadable or truncated files, multi-component
@@ -371,7 +337,7 @@ def _check_case(images: list[str], label: str | None, allowed_labels: set[int] |
     """:func:`check_case`, and the number of dimensions of each image (None: header unreadable)."""
     problems: list[Problem] = []
     dims: list[int | None] = []
-    reference: _Geometry | None = None
+    reference: Grid | None = None
     for path in images:
         header = _info(path, problems)
         dims.append(None if header is None else header.dimension)
@@ -386,7 +352,7 @@ def _check_case(images: list[str], label: str | None, allowed_labels: set[int] |
             continue
         if _voxels(path, problems) is None:
             continue
-        geom = _geometry(header)
+        geom = header.grid
         if reference is None:
             reference = geom
         else:
@@ -401,7 +367,7 @@ def _check_case(images: list[str], label: str | None, allowed_labels: set[int] |
         problems.append(Problem(label, "label map must have one component per voxel"))
         return problems, dims
     if reference is not None:
-        for d in reference.differences(_geometry(header)):
+        for d in reference.differences(header.grid):
             problems.append(Problem(label, f"geometry differs from its image ({images[0]}): {d}"))
     arr = _voxels(label, problems)
     if arr is None:

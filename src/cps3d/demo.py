@@ -299,7 +299,7 @@ class Demo:
         return outputs
 
     def evaluate(self, predictions: dict[str, Path]) -> dict[str, dict]:
-        from cps3d.evaluation.flare import evaluate_folders, write_per_case_csv, write_summary_json
+        from cps3d.evaluation import evaluate_folders, write_per_case_csv, write_summary_json
 
         self._step(5, "evaluating with the FLARE 2022 rules and writing the report")
         summaries = {}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,20 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=indent, default=_json_default)
         f.write("\n")
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
+              float_format: str = ".6g") -> None:
+    """Write ``rows`` (one dict a row, keys among ``columns``) as CSV atomically: floats with ``float_format``,
+    None as an empty cell."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else format(v, float_format) if isinstance(v, float) else v
+                         for k, v in row.items()})
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        f.write(buf.getvalue())
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageFileError", "ImageInfo", "error_text", "read_image_info", "read_voxels", "count_nonfinite",
-           "read_image_checked", "verify_image"]
+__all__ = ["ImageFileError", "ImageInfo", "Grid", "direction_matrix", "through_plane_axis", "error_text",
+           "read_image_info", "read_voxels", "count_nonfinite", "read_image_checked", "verify_image"]
 
 NIFTI_ENDINGS = (".nii", ".nii.gz")
+
+# how far two headers may differ and still describe the same grid (headers are often stored in float32)
+SPACING_TOLERANCE_MM = 1e-3
+ORIGIN_TOLERANCE_MM = 1e-2
+DIRECTION_TOLERANCE = 1e-4
 
 
 class ImageFileError(ValueError):
@@ -48,6 +54,59 @@ class ImageInfo:
     origin: tuple[float, ...]
     direction: tuple[float, ...]
     components: int
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.size, self.spacing, self.origin, self.direction)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Geometry of an image as SimpleITK reports it: size (voxels), spacing (mm), origin (mm) in index order
+    (x, y, z), and the row-major direction matrix."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    def differences(self, other: Grid) -> list[str]:
+        """How ``other`` differs from this grid (the reference), one phrase per property; empty when it is the same
+        grid within the header tolerances. A different size makes the other comparisons meaningless: then only
+        the size is reported."""
+        if self.size != other.size:
+            return [f"shape: size {other.size} vs reference {self.size}"]
+        out = []
+        if not np.allclose(self.spacing, other.spacing, rtol=1e-5, atol=SPACING_TOLERANCE_MM):
+            out.append(f"spacing {_fmt(other.spacing)} vs reference {_fmt(self.spacing)} mm")
+        if not np.allclose(self.origin, other.origin, rtol=0, atol=ORIGIN_TOLERANCE_MM):
+            out.append(f"origin {_fmt(other.origin)} vs reference {_fmt(self.origin)} mm")
+        if not np.allclose(self.direction, other.direction, rtol=0, atol=DIRECTION_TOLERANCE):
+            out.append(f"direction {_fmt(other.direction)} vs reference {_fmt(self.direction)}")
+        return out
+
+
+def _fmt(v: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{x:.6g}" for x in v) + ")"
+
+
+def direction_matrix(direction: Sequence[float] | np.ndarray) -> np.ndarray:
+    """A 3D direction matrix (SimpleITK's 9 row-major values, column c = index axis c in world space) as a 3x3
+    array with unit columns. Raises ValueError for another number of values or an empty or non-finite axis."""
+    d = np.asarray(direction, np.float64)
+    if d.size != 9:
+        raise ValueError(f"a 3D direction matrix has 9 values, got {d.size}")
+    d = d.reshape(3, 3)
+    if not np.all(np.isfinite(d)) or np.any(np.linalg.norm(d, axis=0) < 1e-6):
+        raise ValueError(f"direction matrix {d.ravel().tolist()} has an empty or invalid axis")
+    return d / np.linalg.norm(d, axis=0, keepdims=True)
+
+
+def through_plane_axis(direction: Sequence[float] | np.ndarray) -> int:
+    """Index axis (0, 1 or 2 in ITK i, j, k order) most aligned with the patient's head-foot direction (world axis
+    2 in both LPS and RAS). ``direction``: as :func:`direction_matrix` takes it. In SimpleITK's (reversed) array
+    order this is axis ``2 - through_plane_axis(direction)``."""
+    return int(np.argmax(np.abs(direction_matrix(direction)[2])))
 
 
 def error_text(e: BaseException) -> str:

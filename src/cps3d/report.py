@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-NO_GPU = "no GPU"
+from cps3d.evaluation.meters import NO_GPU
 
 
 def _f(v: float | None, digits: int = 4) -> str:
@@ -17,7 +17,7 @@ def _f(v: float | None, digits: int = 4) -> str:
 def organ_table(summaries: Mapping[str, Mapping], digits: int = 4) -> str:
     """A Markdown table with one row per organ and DSC then NSD columns for each run, like the paper's Tables 3-5.
 
-    ``summaries``: {run name: summary dict of :func:`cps3d.evaluation.flare.summarize`}; organs are those of the
+    ``summaries``: {run name: summary dict of :func:`cps3d.evaluation.summary.summarize`}; organs are those of the
     first run, in its order; the last row is the mean over organs.
     """
     if not summaries:

@@ -46,7 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _compare_only(paths: list[str]) -> int:
-    from cps3d.evaluation.flare import compare_summaries, load_summary
+    from cps3d.evaluation import compare_summaries, load_summary
 
     if len(paths) != 2:
         raise common.CLIError(f"without --pred/--ref, --compare takes two summary.json files, got {len(paths)}")
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_processes < 1:
         raise common.CLIError(f"--num-processes must be at least 1, got {args.num_processes}")
 
-    from cps3d.evaluation.flare import (
+    from cps3d.evaluation import (
         CasesNotScored,
         compare_summaries,
         evaluate_folders,

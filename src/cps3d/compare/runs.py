@@ -50,7 +50,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    from cps3d.evaluation.flare import evaluate_folders
+    from cps3d.evaluation import evaluate_folders
     from cps3d.inference import PredictConfig, predict
     from cps3d.training.config import TrainConfig
     from cps3d.training.run import model_folder, train

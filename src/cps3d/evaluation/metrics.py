@@ -28,7 +28,7 @@ look-up; only the rest query a k-d tree of the other surface's surfels. Every di
 of ``scipy.ndimage.distance_transform_edt`` (which the reference uses), and k-d tree distances within a hair (1e-9
 relative) of the tolerance are recomputed that way, so that ties (a surfel exactly ``t`` away, frequent with round
 spacings and integer tolerances) are decided as the reference decides them. Label maps are handled by
-:func:`cps3d.evaluation.flare.evaluate_label_maps`, which finds every label's box in one pass.
+:func:`cps3d.evaluation.scoring.evaluate_label_maps`, which finds every label's box in one pass.
 """
 
 from __future__ import annotations

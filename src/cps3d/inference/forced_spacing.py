@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cps3d.images import direction_matrix, through_plane_axis
 from cps3d.options import closest
 
 log = logging.getLogger(__name__)
@@ -114,28 +115,9 @@ def parse_forced_spacing(text: str | None) -> ForcedSpacing | None:
                      f"'SX,SY,SZ'{hint}")
 
 
-def _direction_matrix(direction: Sequence[float] | np.ndarray) -> np.ndarray:
-    d = np.asarray(direction, np.float64)
-    if d.size != 9:
-        raise ValueError(f"a 3D direction matrix has 9 values, got {d.size}")
-    d = d.reshape(3, 3)
-    if not np.all(np.isfinite(d)) or np.any(np.linalg.norm(d, axis=0) < 1e-6):
-        raise ValueError(f"direction matrix {d.ravel().tolist()} has an empty or invalid axis")
-    return d / np.linalg.norm(d, axis=0, keepdims=True)
-
-
-def through_plane_axis(direction: Sequence[float] | np.ndarray) -> int:
-    """Index axis (0, 1 or 2 in ITK i, j, k order) most aligned with the patient's head-foot direction.
-
-    ``direction``: SimpleITK's row-major 3x3 direction matrix (9 values, column c = index axis c in world space).
-    """
-    d = _direction_matrix(direction)
-    return int(np.argmax(np.abs(d[2])))
-
-
 def in_plane_axes(direction: Sequence[float] | np.ndarray) -> tuple[int, int]:
     """The two in-plane index axes as (the one more aligned with left-right, the other); ties keep index order."""
-    d = _direction_matrix(direction)
+    d = direction_matrix(direction)
     through = int(np.argmax(np.abs(d[2])))
     a, b = [k for k in range(3) if k != through]
     return (b, a) if abs(d[0, b]) > abs(d[0, a]) else (a, b)
@@ -165,11 +147,11 @@ def array_axis_directions(properties: dict) -> np.ndarray:
     magnitudes the rule uses). Index axis c is array axis ``2 - c`` for both readers (3D).
     """
     if "sitk_stuff" in properties:
-        return _direction_matrix(properties["sitk_stuff"]["direction"])
+        return direction_matrix(properties["sitk_stuff"]["direction"])
     if "nibabel_stuff" in properties:
         stuff = properties["nibabel_stuff"]
         affine = np.asarray(stuff.get("reoriented_affine", stuff.get("original_affine")), np.float64)
-        return _direction_matrix(affine[:3, :3])
+        return direction_matrix(affine[:3, :3])
     raise ValueError("forced spacing needs the scan's direction cosines, but the reader gave none "
                      f"(properties hold {sorted(properties)}); use a SimpleITK or nibabel reader")
 

@@ -9,7 +9,8 @@ Public interface::
 See :mod:`cps3d.phantoms.sampling` for the anatomy model and :mod:`cps3d.phantoms.render` for how it is drawn.
 """
 
-from cps3d.phantoms.params import FLARE_LABELS, ORGAN_HU_RANGES, SIZES, CaseParams, Grid, Structure
+from cps3d.evaluation.organs import FLARE_LABELS
+from cps3d.phantoms.params import ORGAN_HU_RANGES, SIZES, CaseParams, Grid, Structure
 from cps3d.phantoms.render import Geometry, render_case
 from cps3d.phantoms.sampling import SIZE_SPECS, sample_case
 from cps3d.phantoms.writer import (

@@ -28,24 +28,6 @@ PARAMS_VERSION = 1
 
 SIZES = ("small", "medium", "full")
 
-#: FLARE 2022 label numbering (background 0).
-FLARE_LABELS: dict[str, int] = {
-    "background": 0,
-    "liver": 1,
-    "right_kidney": 2,
-    "spleen": 3,
-    "pancreas": 4,
-    "aorta": 5,
-    "inferior_vena_cava": 6,
-    "right_adrenal_gland": 7,
-    "left_adrenal_gland": 8,
-    "gallbladder": 9,
-    "esophagus": 10,
-    "stomach": 11,
-    "duodenum": 12,
-    "left_kidney": 13,
-}
-
 #: Documented range (HU) of the **median** intensity inside each organ of a rendered phantom (portal-venous phase).
 #: The sampler keeps organ means far enough inside these ranges that texture, noise and the bias field cannot push
 #: the median out. The stomach's median is that of its contents (fluid/food 0-40 HU) between the wall (40-60 HU)

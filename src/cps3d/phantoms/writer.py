@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cps3d.evaluation.organs import FLARE_LABELS
 from cps3d.files import atomic_path, read_json, write_json
 from cps3d.parallel import imap_cases
-from cps3d.phantoms.params import FLARE_LABELS, PARAMS_VERSION, CaseParams
+from cps3d.phantoms.params import PARAMS_VERSION, CaseParams
 from cps3d.phantoms.render import Geometry, render_case
 from cps3d.phantoms.sampling import check_size, sample_case
 
