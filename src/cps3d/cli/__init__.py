@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from cps3d import __version__
-from cps3d.cli import check, compare, demo, evaluate, phantoms, plan, predict, preprocess, profile, train
+from cps3d.cli import check, compare, demo, evaluate, export, phantoms, plan, predict, preprocess, profile, train
 from cps3d.cli.common import ArgumentParser, CLIError
 
 
@@ -32,8 +32,8 @@ class Command(Protocol):
 # without a traceback. A command that means another status (1: the input was checked and failed) raises CLIError.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
-COMMANDS: tuple[Command, ...] = (demo, phantoms, check, plan, preprocess, train, predict, evaluate, compare,
-                                 profile)
+COMMANDS: tuple[Command, ...] = (demo, phantoms, check, plan, preprocess, train, predict, export, evaluate,
+                                 compare, profile)
 
 
 def build_parser() -> ArgumentParser:
