@@ -15,6 +15,7 @@ DOCUMENTED = {
     "predict": ["-i", "-o", "-m", "-f", "--branch", "--step-size", "--tta", "--no-tta", "--forced-spacing",
                 "--protocol", "--postprocess", "--no-postprocess", "--save-probabilities", "--part-id",
                 "--num-parts", "-np", "--overwrite", "--profile", "--device"],
+    "export": ["-m", "-o", "--branch", "-f", "--checkpoint", "--overwrite"],
     "evaluate": ["--pred", "--ref", "--dataset-json", "-o", "-np", "--default-tolerance", "--tolerances",
                  "--compare"],
     "profile": ["-o", "--interval", "--gpu-allowance-mb"],
