@@ -131,6 +131,45 @@ def test_help_shows_the_configuration_classes_defaults(capsys):
     assert args.epochs is None and args.mode is None and args.lr_schedule is None  # "not given"
 
 
+def test_predict_options_default_to_predict_configs(capsys):
+    """cps3d predict: options not given are None, the help names PredictConfig's defaults, the config is
+    PredictConfig's but for what the command line (or a protocol) gives."""
+    from cps3d.cli.predict import config_from_args
+    from cps3d.inference.config import PROTOCOLS, PredictConfig
+
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    d = PredictConfig()
+    for part in (f"(default {d.step_size:g})", f"(default: {d.checkpoint})", f"(default {d.resampling})",
+                 "test-time mirroring (default off)", f"(default: {d.ensemble_average})"):
+        assert part in text, part
+    required = ["predict", "-i", "in", "-o", "out", "-m", "model"]
+    args = build_parser().parse_args(required)
+    assert args.step_size is None and args.branch is None and args.postprocess is None and args.overwrite is None
+    assert config_from_args(args) == PredictConfig(num_processes=args.num_processes)
+    given = config_from_args(build_parser().parse_args(
+        required + ["--protocol", "nnunet", "--step-size", "0.6", "--no-postprocess", "--branch", "2"]))
+    assert (given.step_size, given.use_mirroring, given.postprocess, given.branch) == (
+        0.6, PROTOCOLS["nnunet"]["use_mirroring"], False, "2")
+    paper = config_from_args(build_parser().parse_args(required + ["--protocol", "paper"]))
+    assert paper.forced_spacing == PROTOCOLS["paper"]["forced_spacing"] is not None
+    off = config_from_args(build_parser().parse_args(required + ["--protocol", "paper", "--forced-spacing", "off"]))
+    assert off.forced_spacing is None
+
+
+def test_building_the_parser_imports_neither_torch_nor_the_predictor():
+    """Every command line builds every subcommand's parser: reading PredictConfig's defaults for the help must not
+    load torch and nnU-Net's predictor (seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import cps3d.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('torch', 'cps3d.inference.predictor') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_a_choice_error_names_the_option_and_the_closest_value():
     from cps3d.options import check_choice
     from cps3d.training.config import TrainConfig

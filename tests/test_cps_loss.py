@@ -146,7 +146,7 @@ def test_cps_terms_send_gradient_only_to_the_network_being_supervised():
 
 @pytest.mark.parametrize("epoch, expected", [(0, 0.0), (50, 0.25), (100, 0.5), (101, 0.5), (999, 0.5)])
 def test_lambda_ramps_linearly_then_stays(epoch, expected):
-    assert cps_lambda(epoch, lambda_max=0.5, ramp_epochs=100) == pytest.approx(expected)
+    assert cps_lambda(epoch, lambda_max=0.5, ramp_epochs=100, start_epoch=0) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("epoch, expected", [(0, 0.0), (9, 0.0), (10, 0.0), (15, 0.125), (20, 0.25), (30, 0.5),
@@ -156,14 +156,14 @@ def test_lambda_warm_up_holds_zero_then_shifts_the_ramp(epoch, expected):
 
 
 def test_lambda_edge_cases():
-    assert cps_lambda(0, 0.5, ramp_epochs=0) == 0.5  # no ramp: constant
-    assert cps_lambda(3, 1.0, ramp_epochs=4) == pytest.approx(0.75)
+    assert cps_lambda(0, 0.5, ramp_epochs=0, start_epoch=0) == 0.5  # no ramp: constant
+    assert cps_lambda(3, 1.0, ramp_epochs=4, start_epoch=0) == pytest.approx(0.75)
     assert cps_lambda(4, 0.5, ramp_epochs=0, start_epoch=5) == 0.0  # no ramp, warm-up: a step at the start epoch
     assert cps_lambda(5, 0.5, ramp_epochs=0, start_epoch=5) == 0.5
     with pytest.raises(ValueError):
-        cps_lambda(-1)
+        cps_lambda(-1, 0.5, 500, 0)
     with pytest.raises(ValueError):
-        cps_lambda(3, start_epoch=-1)
+        cps_lambda(3, 0.5, 500, start_epoch=-1)
 
 
 def test_poly_schedule_in_trainer_matches_nnunet_formula():
@@ -178,7 +178,7 @@ def test_poly_schedule_in_trainer_matches_nnunet_formula():
 
 def test_plateau_schedule_reduces_after_patience_and_keeps_state():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
-    sched = PlateauSchedule(opt, factor=0.2, patience=2, threshold=1e-3, ema_alpha=0.0)
+    sched = PlateauSchedule(opt, factor=0.2, patience=2, threshold=1e-3, ema_alpha=0.0, min_lr=1e-6)
     for loss in (1.0, 0.5, 0.25):  # improving: no change
         sched.step(loss)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
@@ -187,7 +187,7 @@ def test_plateau_schedule_reduces_after_patience_and_keeps_state():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.002)
     state = sched.state_dict()
     opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.002)
-    restored = PlateauSchedule(opt2, factor=0.2, patience=2, threshold=1e-3, ema_alpha=0.0)
+    restored = PlateauSchedule(opt2, factor=0.2, patience=2, threshold=1e-3, ema_alpha=0.0, min_lr=1e-6)
     restored.load_state_dict(state)
     assert restored.scheduler.num_bad_epochs == sched.scheduler.num_bad_epochs
     assert restored.loss_ema == sched.loss_ema
@@ -195,7 +195,7 @@ def test_plateau_schedule_reduces_after_patience_and_keeps_state():
 
 def test_plateau_schedule_watches_a_moving_average():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
-    sched = PlateauSchedule(opt, ema_alpha=0.9)
+    sched = PlateauSchedule(opt, factor=0.2, patience=30, threshold=1e-3, ema_alpha=0.9, min_lr=1e-6)
     assert sched.step(1.0) == pytest.approx(1.0)
     assert sched.step(0.0) == pytest.approx(0.9)
 

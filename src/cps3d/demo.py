@@ -283,8 +283,9 @@ class Demo:
         for run, (model, fs) in runs.items():
             slug = run.lower().replace(" + ", "_").replace(" ", "_")
             out = self.work / "predictions" / slug
-            config = PredictConfig(folds=("all",), step_size=0.7, use_mirroring=False, forced_spacing=fs, device=self.device,
-                                   num_processes=1, progress=self.c.progress, overwrite=True)
+            # PredictConfig's defaults are the paper's step and no mirroring
+            config = PredictConfig(folds=("all",), forced_spacing=fs, device=self.device, num_processes=1,
+                                   progress=self.c.progress, overwrite=True)
             settings = {"predict": config.to_dict(), "model": self.state.steps.get(
                 "train_" + ("supervised" if run == "Baseline" else "cps"), {}).get("key")}
             if not self.state.done(f"predict_{slug}", settings):

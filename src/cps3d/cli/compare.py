@@ -7,6 +7,7 @@ from typing import Any
 
 from cps3d.cli import common
 from cps3d.compare.config import EVALUATE, METHODS, OPTIMIZERS, CompareConfig
+from cps3d.training.config import TrainConfig
 
 COMMAND = "compare"
 
@@ -37,12 +38,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", choices=list(METHODS),
                    help=f"methods, one of them the baseline (default: {' '.join(d.methods)}; cps-paper: the paper's "
                    "Dice+CE cross terms, as 'cps3d train'; cps: cross-entropy on confident pseudo-labels)")
+    nnunet, short = OPTIMIZERS["nnunet"], OPTIMIZERS["short"]
     p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="nnunet",
-                   help="SGD settings of every method: nnunet (lr 0.01, momentum 0.99, as 'cps3d train'; default) or "
-                   "short (lr 0.1, momentum 0.9: learns much faster in runs of a few hundred iterations)")
-    p.add_argument("--epochs", type=int, help="epochs of every run (default: 'cps3d train's, 1000)")
-    p.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (default: 250)")
-    p.add_argument("--val-iters", type=int, help="validation iterations per epoch (default: 50)")
+                   help=f"SGD settings of every method: nnunet (lr {nnunet['initial_lr']:g}, momentum "
+                   f"{nnunet['momentum']:g}, as 'cps3d train'; default) or short (lr {short['initial_lr']:g}, momentum "
+                   f"{short['momentum']:g}: learns much faster in runs of a few hundred iterations)")
+    p.add_argument("--epochs", type=int,
+                   help=f"epochs of every run (default: 'cps3d train's, {common.default_of(TrainConfig, 'epochs')})")
+    p.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (default: "
+                   f"{common.default_of(TrainConfig, 'iters_per_epoch')})")
+    p.add_argument("--val-iters", type=int, help="validation iterations per epoch (default: "
+                   f"{common.default_of(TrainConfig, 'val_iters')})")
     p.add_argument("--max-minutes", type=float, metavar="M",
                    help="stop each CPS run after the epoch in which M minutes passed; its baseline then trains as "
                    "many epochs (equal iterations)")
@@ -57,7 +63,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--jobs", type=int, help=f"runs trained at once (default: {d.jobs})")
     p.add_argument("--threads", type=int, help="torch threads per run (default: 1 when --jobs > 1)")
-    p.add_argument("--plans-name", help=f"plans identifier (default: {d.plans_name})")
+    common.add_plans_name(p)
     p.add_argument("--bootstrap", type=int, metavar="N", help=f"bootstrap resamples (default: {d.bootstrap})")
     p.add_argument("--discard-models", action="store_true",
                    help="delete each run's checkpoints and predictions once it is scored")

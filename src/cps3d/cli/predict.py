@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from cps3d.cli import common
+
+if TYPE_CHECKING:
+    from cps3d.inference.config import PredictConfig
 
 COMMAND = "predict"
 
@@ -21,7 +25,27 @@ def _csv_ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _default(name: str):
+    from cps3d.inference.config import PredictConfig
+
+    return common.default_of(PredictConfig, name)
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def _mm(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
+    from cps3d.inference.config import AVERAGES, PROTOCOLS, RESAMPLINGS
+    from cps3d.inference.forced_spacing import PRESETS
+    from cps3d.inference.model import BRANCHES
+
+    paper, nnunet = PROTOCOLS["paper"], PROTOCOLS["nnunet"]
+    rule = PRESETS["paper"]
     p = sub.add_parser(
         COMMAND,
         help="segment scans with a trained model (branch 1, 2 or ensemble; forced spacing; low-memory export)",
@@ -29,8 +53,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "(nnU-Net naming CASE_0000.nii.gz, channels side by side; plain names such as scan.nii.gz for single-channel "
         "models), single files, or folders holding a DICOM series (written as NIfTI with the series' geometry). "
         "Label maps come back on exactly each scan's grid (shape, spacing, origin, direction). Defaults follow the "
-        "paper: sliding-window step 0.7, no test-time mirroring. A case that fails is reported and the others go "
-        "on; the exit status is 1 if any failed.",
+        f"paper: sliding-window step {_default('step_size'):g}, test-time mirroring "
+        f"{_on_off(_default('use_mirroring'))}. A case that fails is reported and the others go on; the exit status "
+        "is 1 if any failed.",
     )
     p.add_argument("-i", "--input", nargs="+", required=True, metavar="INPUT",
                    help="folder(s) of scans, scan file(s) or DICOM series folder(s)")
@@ -39,41 +64,48 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="trained model folder <results>/<dataset>/<Trainer>__<plans>__<configuration>")
     p.add_argument("-f", "--folds", nargs="+", metavar="FOLD",
                    help="folds to use (numbers or 'all'; default: every fold_N holding the checkpoint)")
-    p.add_argument("--checkpoint", default="checkpoint_final.pth", metavar="NAME",
-                   help="checkpoint file in each fold folder (default: checkpoint_final.pth)")
-    p.add_argument("--branch", choices=("1", "2", "ensemble"), default="1",
-                   help="network 1, network 2, or the average of both (CPS models; default 1)")
-    p.add_argument("--ensemble-average", choices=("probabilities", "logits"), default="probabilities",
-                   help="what several parameter sets (folds x branches) average: probabilities (default, as in CPS "
-                   "validation) or logits (as nnU-Net does)")
-    p.add_argument("--protocol", choices=("paper", "nnunet"),
-                   help="a whole protocol: paper = step 0.7, no TTA, forced spacing paper; nnunet = step 0.5, TTA, "
-                   "no forced spacing. Explicit --step-size, --tta/--no-tta and --forced-spacing win over it")
+    p.add_argument("--checkpoint", metavar="NAME",
+                   help=f"checkpoint file in each fold folder (default: {_default('checkpoint')})")
+    p.add_argument("--branch", choices=BRANCHES,
+                   help=f"network 1, network 2, or the average of both (CPS models; default {_default('branch')})")
+    p.add_argument("--ensemble-average", choices=AVERAGES,
+                   help="what several parameter sets (folds x branches) average: probabilities (as in CPS "
+                   f"validation) or logits (as nnU-Net does) (default: {_default('ensemble_average')})")
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS),
+                   help=f"a whole protocol: paper = step {paper['step_size']:g}, TTA "
+                   f"{_on_off(paper['use_mirroring'])}, forced spacing paper; nnunet = step {nnunet['step_size']:g}, "
+                   f"TTA {_on_off(nnunet['use_mirroring'])}, no forced spacing. Explicit --step-size, --tta/--no-tta "
+                   "and --forced-spacing win over it")
     p.add_argument("--step-size", type=float, metavar="S", help="sliding-window step, fraction of the patch "
-                   "(default 0.7)")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="test-time mirroring (default off)")
-    p.add_argument("--forced-spacing", metavar="off|paper|authors|SX,SY,SZ",
-                   help="assume a fixed spacing (mm) before nnU-Net's resampling: paper = 0.75,0.75,0.5, authors = "
-                   "1,1,1.5; thin scans (<150 slices) keep their slice spacing, long ones (>600) get a finer one "
-                   "(default off)")
-    p.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=True,
+                   f"(default {_default('step_size'):g})")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                   help=f"test-time mirroring (default {_on_off(_default('use_mirroring'))})")
+    p.add_argument("--forced-spacing", metavar="off|" + "|".join(PRESETS) + "|SX,SY,SZ",
+                   help="assume a fixed spacing (mm) before nnU-Net's resampling: "
+                   + ", ".join(f"{name} = {_mm((f.sx, f.sy, f.sz))}" for name, f in PRESETS.items())
+                   + f"; thin scans (<{rule.min_slices} slices) keep their slice spacing, long ones "
+                   f"(>{rule.max_slices}) get a finer one (default "
+                   f"{'off' if _default('forced_spacing') is None else 'on'})")
+    p.add_argument("--postprocess", action=argparse.BooleanOptionalAction,
                    help="keep the largest connected component of each label, or apply the model folder's nnU-Net "
-                   "postprocessing.pkl when it has one (default on)")
+                   f"postprocessing.pkl when it has one (default {_on_off(_default('postprocess'))})")
     p.add_argument("--postprocess-labels", type=_csv_ints, metavar="L1,L2,...",
                    help="keep the largest component of these labels only (default: every label)")
-    p.add_argument("--save-probabilities", action="store_true",
+    p.add_argument("--save-probabilities", action="store_true", default=None,
                    help="also write probabilities like nnU-Net (CASE.npz + CASE.pkl); needs memory for all classes")
-    p.add_argument("--resampling", choices=("torch", "exact"),
+    p.add_argument("--resampling", choices=RESAMPLINGS,
                    help="torch: the fast path, nnU-Net's torch resampling (linear, float32) on the network's device "
                    "for the scan and for the export, label maps close to stock nnU-Net's; exact: the plans' resampling, "
-                   "label maps identical to stock nnU-Net's (default exact)")
+                   f"label maps identical to stock nnU-Net's (default {_default('resampling')})")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    p.add_argument("--part-id", type=int, default=0, metavar="K", help="predict only share K of --num-parts")
-    p.add_argument("--num-parts", type=int, default=1, metavar="N",
-                   help="split the sorted case list into N shares (every N-th case), e.g. one per machine")
+    p.add_argument("--part-id", type=int, metavar="K",
+                   help=f"predict only share K of --num-parts (default {_default('part_id')})")
+    p.add_argument("--num-parts", type=int, metavar="N",
+                   help="split the sorted case list into N shares (every N-th case), e.g. one per machine "
+                   f"(default {_default('num_parts')})")
     common.add_num_processes(p, default=2, what="worker processes for reading and for export each")
-    p.add_argument("--overwrite", action="store_true", help="predict cases whose output already exists")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="predict cases whose output already exists")
     p.add_argument("--profile", metavar="OUT_DIR",
                    help="measure time, CPU, RAM and GPU memory (FLARE 2022 measures, per case, GPU memory above "
                    "FLARE's 2048 MB allowance) into OUT_DIR")
@@ -81,30 +113,34 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def config_from_args(args: argparse.Namespace) -> PredictConfig:
+    """The :class:`PredictConfig` of a ``cps3d predict`` command line: the protocol's settings, then the options
+    given; options not given are None and PredictConfig (or the protocol) supplies them."""
+    from cps3d.inference.config import PROTOCOLS, PredictConfig
+    from cps3d.inference.forced_spacing import parse_forced_spacing
+
+    settings = dict(PROTOCOLS[args.protocol]) if args.protocol else {}
+    if args.forced_spacing is not None:
+        settings["forced_spacing"] = parse_forced_spacing(args.forced_spacing)
+    given = {"checkpoint": args.checkpoint, "branch": args.branch, "ensemble_average": args.ensemble_average,
+             "step_size": args.step_size, "use_mirroring": args.tta, "resampling": args.resampling,
+             "device": args.device, "postprocess": args.postprocess, "postprocess_labels": args.postprocess_labels,
+             "save_probabilities": args.save_probabilities, "overwrite": args.overwrite, "part_id": args.part_id,
+             "num_parts": args.num_parts}
+    settings.update({k: v for k, v in given.items() if v is not None})
+    return PredictConfig(folds=tuple(args.folds) if args.folds else None, num_processes=args.num_processes,
+                         progress=not args.no_progress, **settings)
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from cps3d.inference.forced_spacing import parse_forced_spacing
-    from cps3d.inference.predictor import PROTOCOLS, PredictConfig, predict
+    from cps3d.inference.predictor import predict
 
     log = logging.getLogger("cps3d.predict")
-    settings = dict(PROTOCOLS[args.protocol]) if args.protocol else {}
-    if args.forced_spacing is not None:
-        settings["forced_spacing"] = parse_forced_spacing(args.forced_spacing)
-    if args.step_size is not None:
-        settings["step_size"] = args.step_size
-    if args.tta is not None:
-        settings["use_mirroring"] = args.tta
-    if args.resampling is not None:
-        settings["resampling"] = args.resampling
-    config = PredictConfig(
-        folds=tuple(args.folds) if args.folds else None, checkpoint=args.checkpoint, branch=args.branch,
-        ensemble_average=args.ensemble_average, device=args.device, postprocess=args.postprocess,
-        postprocess_labels=args.postprocess_labels, save_probabilities=args.save_probabilities,
-        overwrite=args.overwrite, part_id=args.part_id, num_parts=args.num_parts,
-        num_processes=args.num_processes, progress=not args.no_progress, **settings)
+    config = config_from_args(args)
     if args.protocol:
         log.info("Protocol %s: step %.2f, mirroring %s, forced spacing %s", args.protocol, config.step_size,
                  "on" if config.use_mirroring else "off",

@@ -6,13 +6,14 @@ the CPS objective and the short-run optimizer themselves are the demo's protocol
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from cps3d.demo import CPS_OBJECTIVE, SHORT_RUN_OPTIMIZER
+from cps3d.options import closest
+from cps3d.planning import DEFAULT_PLANS_NAME
 from cps3d.training.config import TrainConfig
 
 # the methods compared: TrainConfig fields on top of the shared settings (schedule and optimizer)
@@ -64,8 +65,8 @@ def _check_train_fields(what: str, values: Mapping[str, Any], forbidden: frozens
         if key in forbidden:
             raise ValueError(f"{what}: {key!r} is set by the comparison itself")
         if key not in _TRAIN_FIELDS:
-            hint = difflib.get_close_matches(key, sorted(_TRAIN_FIELDS), n=1)
-            raise ValueError(f"{what}: {key!r} is not a training option" + (f" (did you mean {hint[0]!r}?)" if hint
+            hint = closest(key, sorted(_TRAIN_FIELDS))
+            raise ValueError(f"{what}: {key!r} is not a training option" + (f" (did you mean {hint!r}?)" if hint
                                                                                else ""))
 
 
@@ -96,7 +97,7 @@ class CompareConfig:
     max_minutes: float | None = None
     evaluate: tuple[str, ...] = ("test",)
     configuration: str = "3d_fullres"
-    plans_name: str = "cps3dPlans"
+    plans_name: str = DEFAULT_PLANS_NAME
     device: str | None = None
     jobs: int = 1
     threads: int | None = None

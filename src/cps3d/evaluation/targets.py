@@ -14,7 +14,6 @@ says so). Only FLARE organs get FLARE's tolerances and the slice-range rule (see
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 
 from cps3d.evaluation.organs import FLARE_ORGANS, FLARE_SLICE_RANGE_LABELS, flare_organ_for, norm_name
 from cps3d.files import read_json
+from cps3d.options import check_choice, closest
 
 __all__ = ["DEFAULT_TOLERANCE_MM", "SLICE_RANGES", "Target", "EvaluationConfig", "flare_targets",
            "targets_from_dataset_json", "targets_from_labels", "load_tolerances"]
@@ -75,10 +75,7 @@ class EvaluationConfig:
     file_ending: str = ".nii.gz"
 
     def __post_init__(self):
-        if self.slice_range not in SLICE_RANGES:
-            hint = difflib.get_close_matches(str(self.slice_range), SLICE_RANGES, n=1)
-            raise ValueError(f"slice_range must be one of {SLICE_RANGES}, got {self.slice_range!r}"
-                             + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        check_choice("slice_range", self.slice_range, SLICE_RANGES)
         if not (math.isfinite(self.default_tolerance_mm) and self.default_tolerance_mm >= 0):
             raise ValueError(f"default_tolerance_mm must be a finite number >= 0, got {self.default_tolerance_mm}")
         if not (0.0 <= self.nsd_min_dice <= 1.0):
@@ -172,9 +169,9 @@ def _apply_tolerances(targets: Sequence[Target], tolerances: Mapping[str, float]
         found = by_key.get(str(key), by_key.get(norm_name(str(key))))
         if found is None:
             valid = sorted({t.name for t in targets} | {str(t.values[0]) for t in targets if len(t.values) == 1})
-            hint = difflib.get_close_matches(str(key), valid, n=1)
+            hint = closest(key, valid)
             raise ValueError(f"tolerance given for {key!r}, which is not a label of {where}; valid: {valid}"
-                             + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                             + (f" (did you mean {hint!r}?)" if hint else ""))
         t = out[found]
         out[found] = Target(t.name, t.values, float(mm), t.slice_range, t.flare)
     return out

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from cps3d.inference.export import EXPORT_MODES
-from cps3d.inference.fast import RESAMPLINGS
 from cps3d.inference.forced_spacing import PRESETS, ForcedSpacing
 from cps3d.inference.model import BRANCHES, DEFAULT_CHECKPOINT
 from cps3d.inference.postprocessing import Postprocessing
 
-__all__ = ["AVERAGES", "PROTOCOLS", "PredictConfig", "CaseResult", "CaseFailure", "PredictionReport"]
+__all__ = ["AVERAGES", "RESAMPLINGS", "PROTOCOLS", "PredictConfig", "CaseResult", "CaseFailure", "PredictionReport"]
 
 AVERAGES = ("probabilities", "logits")
+# torch: the fast path (cps3d.inference.fast); exact: the plans' resampling, as nnU-Net
+RESAMPLINGS = ("torch", "exact")
 
 # whole inference protocols selectable with one flag
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -28,7 +29,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """How to predict. Defaults follow the paper where it trades nothing away: step 0.7, no mirroring (TTA).
+    """How to predict. Defaults follow the paper where it trades nothing away: its step and no mirroring (TTA), but
+    no forced spacing.
 
     folds: fold numbers or ``"all"`` (None: every ``fold_N`` holding ``checkpoint``). branch: ``1``, ``2`` or
     ``ensemble`` (both networks of a CPS model). ensemble_average: ``probabilities`` or ``logits`` (nnU-Net's) when
@@ -50,8 +52,8 @@ class PredictConfig:
     checkpoint: str = DEFAULT_CHECKPOINT
     branch: str = "1"
     ensemble_average: str = "probabilities"
-    step_size: float = 0.7
-    use_mirroring: bool = False
+    step_size: float = PROTOCOLS["paper"]["step_size"]
+    use_mirroring: bool = PROTOCOLS["paper"]["use_mirroring"]
     device: str | None = None
     forced_spacing: ForcedSpacing | None = None
     postprocess: bool = True

@@ -13,7 +13,8 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from cps3d.images import error_text, verify_image
-from cps3d.inference.fast import RESAMPLINGS, DeferredResampling
+from cps3d.inference.config import RESAMPLINGS
+from cps3d.inference.fast import DeferredResampling
 from cps3d.inference.forced_spacing import ForcedSpacing, force_spacing_on_properties
 from cps3d.inference.inputs import Case, read_dicom_series
 

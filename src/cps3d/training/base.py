@@ -142,8 +142,8 @@ class MultiNetworkTrainer(nnUNetTrainer):
             if cfg.lr_schedule == "poly":
                 sched = PolyLRScheduler(opt, cfg.initial_lr, cfg.epochs)
             else:
-                sched = PlateauSchedule(opt, cfg.plateau_factor, cfg.plateau_patience, cfg.plateau_threshold,
-                                        cfg.plateau_ema, cfg.min_lr)
+                sched = PlateauSchedule(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+                                        threshold=cfg.plateau_threshold, ema_alpha=cfg.plateau_ema, min_lr=cfg.min_lr)
             if self.is_ddp:
                 net = DDP(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self.networks.append(net)

@@ -16,9 +16,10 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 
-def cps_lambda(epoch: int, lambda_max: float = 0.5, ramp_epochs: int = 500, start_epoch: int = 0) -> float:
+def cps_lambda(epoch: int, lambda_max: float, ramp_epochs: int, start_epoch: int) -> float:
     """Weight of the CPS loss at ``epoch``: 0 before ``start_epoch``, then
-    ``lambda_max * min(1, (epoch - start_epoch) / ramp_epochs)``; ``lambda_max`` from ``start_epoch`` on if ramp is 0."""
+    ``lambda_max * min(1, (epoch - start_epoch) / ramp_epochs)``; ``lambda_max`` from ``start_epoch`` on if ramp is 0.
+    (The defaults are :class:`~cps3d.training.config.TrainConfig`'s.)"""
     if epoch < 0 or start_epoch < 0:
         raise ValueError(f"epoch={epoch}, start_epoch={start_epoch}: must be >= 0")
     if epoch < start_epoch:
@@ -51,10 +52,12 @@ class PlateauSchedule:
 
     Call ``step(epoch_loss)`` once per epoch, after the epoch. The learning rate drops by ``factor`` after
     ``patience`` epochs in which the averaged loss did not improve by more than ``threshold`` (absolute).
+    Every setting is given: their defaults are :class:`~cps3d.training.config.TrainConfig`'s ``plateau_*`` and
+    ``min_lr``.
     """
 
-    def __init__(self, optimizer: Optimizer, factor: float = 0.2, patience: int = 30, threshold: float = 1e-3,
-                 ema_alpha: float = 0.93, min_lr: float = 1e-6):
+    def __init__(self, optimizer: Optimizer, *, factor: float, patience: int, threshold: float, ema_alpha: float,
+                 min_lr: float):
         if not 0 < factor < 1:
             raise ValueError(f"factor={factor}: must be in (0, 1)")
         if not 0 <= ema_alpha < 1:
