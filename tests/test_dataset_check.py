@@ -264,3 +264,13 @@ def test_check_stamp_skips_unchanged_and_rechecks_changed(ds, tmp_path):
     (ds / "imagesUnlabeled" / "unl_001_0000.nii.gz").write_bytes(b"garbage")
     with pytest.raises(DatasetError, match="unl_001_0000.nii.gz"):
         ensure_checked(RawDataset.load(ds), stamp_dir, progress=False)
+
+
+def test_channel_file_names_one_convention():
+    from cps3d.dataset import channel_file_name, channel_mismatch, split_channel_name
+
+    assert channel_file_name("case_7", 12, ".nii.gz") == "case_7_0012.nii.gz"
+    assert split_channel_name("case_7_0012") == ("case_7", 12)
+    assert split_channel_name("case_7_012") is None and split_channel_name("_0000") is None
+    assert channel_mismatch([0, 2, 5], 3) == ([1], [5])
+    assert channel_mismatch(range(2), 2) == ([], [])

@@ -50,3 +50,44 @@ def test_check_output_folder(tmp_path):
         check_output_folder(tmp_path / "a_file")
     with pytest.raises(ValueError, match=f"the results cannot be created: {tmp_path / 'a_file'} is a file"):
         check_output_folder(tmp_path / "a_file" / "sub", "results")
+
+
+# ------------------------------------------------------------------------------ content keys and the atomic copy
+def test_json_digest_follows_the_settings_not_their_key_order():
+    from cps3d.files import json_digest
+
+    assert json_digest({"a": 1, "b": [1, 2]}) == json_digest({"b": [1, 2], "a": 1})
+    assert json_digest({"a": 1}) != json_digest({"a": 2})
+    assert len(json_digest({})) == 64
+
+
+def test_stat_digest_changes_with_a_files_size_time_or_name(tmp_path):
+    from cps3d.files import stat_digest
+
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"abc")
+    key = stat_digest([("x", f)])
+    assert stat_digest([("x", f)]) == key
+    assert stat_digest([("y", f)]) != key  # the name is part of the key
+    assert stat_digest([("x", f)], prefix="p") != key
+    st = os.stat(f)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert stat_digest([("x", f)]) != key
+    touched = stat_digest([("x", f)])
+    f.write_bytes(b"abcd")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert stat_digest([("x", f)]) != touched
+
+
+def test_copy_atomic_copies_and_leaves_no_temporary(tmp_path):
+    from cps3d.files import copy_atomic
+
+    src = tmp_path / "a.nii.gz"
+    src.write_bytes(b"label map")
+    dst = tmp_path / "out" / "a.nii.gz"
+    copy_atomic(src, dst)
+    assert dst.read_bytes() == b"label map"
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["a.nii.gz"]
+    with pytest.raises(FileNotFoundError):
+        copy_atomic(tmp_path / "missing.nii.gz", dst)
+    assert dst.read_bytes() == b"label map" and sorted(p.name for p in dst.parent.iterdir()) == ["a.nii.gz"]

@@ -264,3 +264,31 @@ def test_config_defaults_follow_the_paper_and_protocols():
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PredictConfig(**kwargs)
+
+
+def test_fold_parsing_and_device_choice(monkeypatch):
+    import torch
+
+    from cps3d.devices import resolve_device
+    from cps3d.options import parse_fold
+
+    assert [parse_fold(f) for f in ("3", 2, " All ", "all")] == [3, 2, "all", "all"]
+    with pytest.raises(ValueError, match="fold 'x': give a fold number or 'all'"):
+        parse_fold("x")
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == torch.device("cpu")
+    with pytest.raises(ValueError, match="device 'cuda:1' was requested but no CUDA device is available"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None) == torch.device("cuda")
+
+
+def test_number_formatting():
+    from cps3d.evaluation.tables import format_number
+    from cps3d.images import format_values
+
+    assert format_values([0.75, 0.7500001, 1.5], 4, " x ") == "0.75 x 0.75 x 1.5"
+    assert format_values((1, 2.5)) == "1, 2.5"
+    assert [format_number(v, 2) for v in (0.123, None, float("nan"), 3)] == ["0.12", "-", "-", "3.00"]
+    assert format_number(0.05, 3, sign=True) == "+0.050" and format_number(-0.05, 1, sign=True) == "-0.1"

@@ -13,17 +13,17 @@ Unlabeled cases never enter a cross-validation split: every fold trains on all o
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cps3d.files import read_json, write_json
+from cps3d.files import read_json, stat_digest, write_json
 from cps3d.images import Grid, ImageFileError, ImageInfo, read_image_checked, read_image_info
 from cps3d.parallel import imap_cases
 
@@ -33,6 +33,7 @@ LABELED_IMAGES = "imagesTr"
 LABELS = "labelsTr"
 UNLABELED_IMAGES = "imagesUnlabeled"
 TEST_IMAGES = "imagesTs"
+_CHANNEL_STEM = re.compile(r"(.+)_(\d{4})")
 TEST_LABELS = "labelsTs"
 
 _DATASET_NAME = re.compile(r"Dataset(\d{3})_[A-Za-z0-9_\-]+")
@@ -213,13 +214,34 @@ def validate_dataset_json(dj: object, where: str) -> list[Problem]:
     return problems
 
 
+def channel_suffix(channel: int) -> str:
+    """The XXXX of nnU-Net's channel file names ``CASE_XXXX<ending>``: the channel index in 4 digits."""
+    return f"{channel:04d}"
+
+
+def channel_file_name(case_id: str, channel: int, file_ending: str) -> str:
+    """nnU-Net's name of channel ``channel`` of case ``case_id``: ``CASE_XXXX<ending>``."""
+    return f"{case_id}_{channel_suffix(channel)}{file_ending}"
+
+
+def split_channel_name(stem: str) -> tuple[str, int] | None:
+    """``(case id, channel index)`` of a file name without its ending named ``CASE_XXXX``; None if it is not."""
+    m = _CHANNEL_STEM.fullmatch(stem)
+    return None if m is None else (m.group(1), int(m.group(2)))
+
+
+def channel_mismatch(channels: Iterable[int], num_channels: int) -> tuple[list[int], list[int]]:
+    """The channel indices missing from ``channels`` (of 0 .. num_channels - 1) and those beyond them, sorted."""
+    found, expected = set(channels), set(range(num_channels))
+    return sorted(expected - found), sorted(found - expected)
+
+
 def _channel_files(folder: Path, file_ending: str) -> tuple[dict[str, dict[int, str]], list[Problem]]:
     """``{case: {channel index: path}}`` of the ``CASE_XXXX<ending>`` files of ``folder``, and misnamed files."""
     cases: dict[str, dict[int, str]] = {}
     problems = []
     if not folder.is_dir():
         return {}, []
-    pattern = re.compile(r"(.+)_(\d{4})" + re.escape(file_ending))
     for name in sorted(os.listdir(folder)):
         if name.startswith("."):
             continue
@@ -228,11 +250,11 @@ def _channel_files(folder: Path, file_ending: str) -> tuple[dict[str, dict[int, 
             if path.is_file():
                 problems.append(Problem(str(path), f"ignored: does not end with the dataset's file_ending {file_ending}"))
             continue
-        m = pattern.fullmatch(name)
-        if m is None:
+        named = split_channel_name(name[: -len(file_ending)])
+        if named is None:
             problems.append(Problem(str(path), f"name must be CASE_XXXX{file_ending} (XXXX = 4-digit channel index)"))
             continue
-        cases.setdefault(m.group(1), {})[int(m.group(2))] = str(path)
+        cases.setdefault(named[0], {})[named[1]] = str(path)
     return cases, problems
 
 
@@ -241,13 +263,12 @@ def list_image_cases(folder: Path, file_ending: str, num_channels: int) -> tuple
     cases, problems = _channel_files(folder, file_ending)
     complete = {}
     for case, channels in cases.items():
-        expected = set(range(num_channels))
-        if set(channels) != expected:
-            missing = sorted(expected - set(channels))
-            extra = sorted(set(channels) - expected)
+        missing, extra = channel_mismatch(channels, num_channels)
+        if missing or extra:
             msg = []
             if missing:
-                msg.append("missing channel file(s) " + ", ".join(f"{case}_{c:04d}{file_ending}" for c in missing))
+                msg.append("missing channel file(s) " + ", ".join(channel_file_name(case, c, file_ending)
+                                                                   for c in missing))
             if extra:
                 msg.append(f"channel index(es) {extra} not in channel_names (expected {num_channels} channel(s))")
             problems.append(Problem(str(folder / f"{case}_XXXX{file_ending}"), "; ".join(msg)))
@@ -267,7 +288,8 @@ def check_layout(ds: RawDataset) -> list[Problem]:
         return problems
     img_dir, lab_dir = ds.folder / LABELED_IMAGES, ds.folder / LABELS
     if not img_dir.is_dir():
-        return [Problem(str(img_dir), "folder not found: labeled images go here as CASE_0000" + ds.file_ending)]
+        return [Problem(str(img_dir), "folder not found: labeled images go here as "
+                        + channel_file_name("CASE", 0, ds.file_ending))]
     images, p = list_image_cases(img_dir, ds.file_ending, ds.num_channels)
     problems += p
     if not images and not p:
@@ -290,7 +312,7 @@ def check_layout(ds: RawDataset) -> list[Problem]:
     named = set(_channel_files(img_dir, ds.file_ending)[0])  # cases with a channel problem have images too
     for case in sorted(labels - named):
         problems.append(Problem(str(lab_dir / f"{case}{ds.file_ending}"),
-                                f"label without image: expected {img_dir / (case + '_0000' + ds.file_ending)}"))
+                                f"label without image: expected {img_dir / channel_file_name(case, 0, ds.file_ending)}"))
     if ds.dataset_json.get("numTraining") != len(images) and not p:
         problems.append(Problem(str(ds.folder / "dataset.json"),
                                 f"numTraining is {ds.dataset_json.get('numTraining')} but {len(images)} training "
@@ -418,17 +440,10 @@ def check_dataset(ds: RawDataset, num_processes: int = 1, progress: bool = True,
 
 def _content_key(ds: RawDataset, unlabeled: bool, test: bool) -> str:
     """A hash of every input file's name, size and modification time, and of dataset.json."""
-    h = hashlib.sha256()
-    h.update(repr(sorted(ds.dataset_json.items(), key=str)).encode())
     subs = [LABELED_IMAGES, LABELS] + ([UNLABELED_IMAGES] if unlabeled else []) + ([TEST_IMAGES, TEST_LABELS] if test else [])
-    for sub in subs:
-        d = ds.folder / sub
-        if not d.is_dir():
-            continue
-        for name in sorted(os.listdir(d)):
-            st = (d / name).stat()
-            h.update(f"{sub}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+    files = [(f"{sub}/{name}", ds.folder / sub / name) for sub in subs if (ds.folder / sub).is_dir()
+             for name in sorted(os.listdir(ds.folder / sub))]
+    return stat_digest(files, prefix=repr(sorted(ds.dataset_json.items(), key=str)))
 
 
 CHECK_STAMP = "cps3d_check.json"

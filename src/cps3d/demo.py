@@ -14,8 +14,6 @@ only what a changed setting affects):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cps3d.files import read_json, write_json
+from cps3d.files import json_digest, read_json, write_json
 from cps3d.planning import DEFAULT_PLANS_NAME
 
 log = logging.getLogger(__name__)
@@ -108,7 +106,7 @@ class _State:
 
     @staticmethod
     def key(settings: dict) -> str:
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return json_digest(settings)[:16]
 
     def done(self, step: str, settings: dict) -> bool:
         return self.steps.get(step, {}).get("key") == self.key(settings)
@@ -136,11 +134,9 @@ class Demo:
 
     @property
     def device(self) -> str:
-        if self.c.device:
-            return self.c.device
-        import torch
+        from cps3d.devices import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.c.device or str(resolve_device(None))
 
     # ------------------------------------------------------------------------------------------------- the steps
     def data(self):

@@ -1,14 +1,16 @@
-"""Atomic writes: a crash while writing leaves the previous file (or no file), never half a file."""
+"""Atomic writes (a crash while writing leaves the previous file, or no file, never half a file), JSON and CSV, and the
+content keys that tell whether inputs or settings changed since a stamp was written."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,30 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def json_digest(obj: Any) -> str:
+    """SHA-256 (hex) of ``obj`` as JSON with sorted keys (values JSON cannot hold as their ``str``): a key that
+    changes exactly when the settings ``obj`` do."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stat_digest(files: Iterable[tuple[str, str | os.PathLike]], prefix: str = "") -> str:
+    """SHA-256 (hex) of ``prefix`` and of the line ``name:size:mtime_ns`` of each ``(name, path)`` in turn: a key that
+    changes when a file is added, removed, renamed, resized or touched, without reading the files."""
+    h = hashlib.sha256(prefix.encode())
+    for name, path in files:
+        st = os.stat(path)
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy the contents of ``src`` to ``dst`` through :func:`atomic_path`."""
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def check_output_folder(path: str | os.PathLike, what: str = "output folder") -> Path:

@@ -16,7 +16,6 @@ so that nnU-Net's planner and ``CTNormalization`` use it unchanged. cps3d's own 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import zlib
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cps3d.dataset import DatasetError, Problem, RawDataset
-from cps3d.files import read_json, write_json
+from cps3d.files import read_json, stat_digest, write_json
 from cps3d.images import ImageFileError, verify_image
 from cps3d.options import check_choice
 from cps3d.parallel import imap_cases
@@ -149,14 +148,10 @@ def summarize_intensities(samples: np.ndarray) -> dict:
 
 def input_content_key(ds: RawDataset, include_unlabeled: bool) -> str:
     """Hash of the names, sizes and modification times of the files a fingerprint reads."""
-    h = hashlib.sha256()
     files = [f for v in ds.labeled_cases().values() for f in (*v["images"], v["label"])]
     if include_unlabeled:
         files += [f for v in ds.unlabeled_cases().values() for f in v]
-    for f in sorted(files):
-        st = os.stat(f)
-        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+    return stat_digest((f, f) for f in sorted(files))
 
 
 def compute_fingerprint(ds: RawDataset, config: FingerprintConfig = FingerprintConfig(), num_processes: int = 1,

@@ -86,8 +86,13 @@ class Grid:
         return out
 
 
+def format_values(values: Sequence[float], digits: int = 6, sep: str = ", ") -> str:
+    """Numbers (spacings, shapes, an origin) for a message: ``digits`` significant digits each, joined by ``sep``."""
+    return sep.join(f"{v:.{digits}g}" for v in values)
+
+
 def _fmt(v: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{x:.6g}" for x in v) + ")"
+    return f"({format_values(v)})"
 
 
 def direction_matrix(direction: Sequence[float] | np.ndarray) -> np.ndarray:

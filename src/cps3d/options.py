@@ -19,6 +19,17 @@ def closest(value: object, candidates: Iterable[object]) -> str | None:
     return found[0] if found else None
 
 
+def parse_fold(fold: int | str) -> int | str:
+    """A fold as nnU-Net names it: ``"all"`` (any case, spaces around) or a whole number; ValueError otherwise (the
+    range a fold may take is its user's to check)."""
+    if isinstance(fold, str) and fold.strip().lower() == "all":
+        return "all"
+    try:
+        return int(fold)
+    except (TypeError, ValueError):
+        raise ValueError(f"fold {fold!r}: give a fold number or 'all'") from None
+
+
 def check_choice(name: str, value: T, options: Iterable[T]) -> T:
     """``value`` if it is one of ``options``; else ValueError naming ``name``, the value, the options and the closest
     of them (if one is close)."""

@@ -14,8 +14,6 @@ nnU-Net infers the storage format from the file endings inside); if the plans ch
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -25,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cps3d.dataset import RawDataset
-from cps3d.files import read_json, write_json
+from cps3d.files import copy_atomic, json_digest, read_json, write_json
 from cps3d.images import verify_image
 from cps3d.parallel import imap_cases
 
@@ -52,7 +50,7 @@ def _plans_key(plans: dict, configuration: str) -> str:
         "transpose_forward": plans["transpose_forward"],
         "intensity": plans["foreground_intensity_properties_per_channel"],
     }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(relevant)
 
 
 def is_case_complete(folder: Path, case: str) -> bool:
@@ -139,9 +137,7 @@ def copy_gt_segmentations(ds: RawDataset, preprocessed_dataset_folder: Path) -> 
         src = Path(v["label"])
         if dst.is_file() and dst.stat().st_size == src.stat().st_size and dst.stat().st_mtime >= src.stat().st_mtime:
             continue
-        tmp = target / f".{dst.name}.tmp"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        copy_atomic(src, dst)
 
 
 def preprocess(ds: RawDataset, preprocessed_root: str | os.PathLike, plans: dict, configuration: str,

@@ -8,10 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from cps3d.evaluation.meters import NO_GPU
-
-
-def _f(v: float | None, digits: int = 4) -> str:
-    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
+from cps3d.evaluation.tables import format_number
 
 
 def organ_table(summaries: Mapping[str, Mapping], digits: int = 4) -> str:
@@ -29,11 +26,11 @@ def organ_table(summaries: Mapping[str, Mapping], digits: int = 4) -> str:
     for organ in organs:
         row = [organ]
         for metric in ("DSC_mean", "NSD_mean"):
-            row += [_f(summaries[n]["per_target"].get(organ, {}).get(metric), digits) for n in names]
+            row += [format_number(summaries[n]["per_target"].get(organ, {}).get(metric), digits) for n in names]
         lines.append("| " + " | ".join(row) + " |")
     row = ["**mean**"]
     for metric in ("DSC_mean", "NSD_mean"):
-        row += [f"**{_f(summaries[n]['mean'][metric], digits)}**" for n in names]
+        row += [f"**{format_number(summaries[n]['mean'][metric], digits)}**" for n in names]
     lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -48,15 +45,16 @@ def efficiency_table(profiles: Mapping[str, Mapping]) -> str:
         per_case = [c["running_time_s"] for c in p.get("cases", [])]
         no_gpu = p.get("gpu") == NO_GPU
         lines.append("| " + " | ".join([
-            name, str(len(per_case)), _f(t["running_time_s"], 1),
-            _f(float(np.median(per_case)), 2) if per_case else "-",
-            _f(t.get("peak_process_rss_mb"), 0), _f(t.get("cpu_area_percent_s"), 0),
-            NO_GPU if no_gpu else _f(t.get("peak_gpu_mb"), 0), NO_GPU if no_gpu else _f(t.get("gpu_area_mb_s"), 0),
+            name, str(len(per_case)), format_number(t["running_time_s"], 1),
+            format_number(float(np.median(per_case)), 2) if per_case else "-",
+            format_number(t.get("peak_process_rss_mb"), 0), format_number(t.get("cpu_area_percent_s"), 0),
+            NO_GPU if no_gpu else format_number(t.get("peak_gpu_mb"), 0), NO_GPU if no_gpu else format_number(t.get("gpu_area_mb_s"), 0),
         ]) + " |")
     return "\n".join(lines)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display): the one place that chooses the backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,11 +63,12 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> None:
+    """Write a matplotlib figure to ``path`` atomically (the format follows the suffix)."""
     from cps3d.files import atomic_path
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
+        fig.savefig(tmp, dpi=dpi)
 
 
 def plot_training_curves(logs: Mapping[str, Mapping[str, list]], path: str | os.PathLike) -> None:
@@ -77,7 +76,7 @@ def plot_training_curves(logs: Mapping[str, Mapping[str, list]], path: str | os.
 
     ``logs``: {run name: the trainer's logged curves (checkpoint ``"logging"``)}.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for name, log in logs.items():
         x = np.arange(1, len(log["train_losses"]) + 1)
@@ -95,7 +94,7 @@ def plot_training_curves(logs: Mapping[str, Mapping[str, list]], path: str | os.
     b.set_ylabel("validation pseudo-Dice")
     b.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -122,7 +121,7 @@ def qualitative_figure(cases: Sequence[str], image_files: Mapping[str, str], ref
     import SimpleITK as sitk
     from matplotlib.colors import ListedColormap
 
-    plt = _pyplot()
+    plt = pyplot()
     colours = plt.get_cmap("tab20")(np.linspace(0, 1, 20))[: n_labels]
     cmap = ListedColormap(np.vstack([[0, 0, 0, 0], colours]))
     runs = list(predictions)
@@ -144,6 +143,6 @@ def qualitative_figure(cases: Sequence[str], image_files: Mapping[str, str], ref
             ax.set_title(f"{case}, slice {k}\n{title}" if c == 0 else title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 

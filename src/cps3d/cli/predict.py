@@ -35,11 +35,8 @@ def _on_off(value: bool) -> str:
     return "on" if value else "off"
 
 
-def _mm(values) -> str:
-    return ",".join(f"{v:g}" for v in values)
-
-
 def add_parser(sub) -> argparse.ArgumentParser:
+    from cps3d.images import format_values
     from cps3d.inference.config import AVERAGES, PROTOCOLS, RESAMPLINGS
     from cps3d.inference.forced_spacing import PRESETS
     from cps3d.inference.model import BRANCHES
@@ -82,7 +79,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"test-time mirroring (default {_on_off(_default('use_mirroring'))})")
     p.add_argument("--forced-spacing", metavar="off|" + "|".join(PRESETS) + "|SX,SY,SZ",
                    help="assume a fixed spacing (mm) before nnU-Net's resampling: "
-                   + ", ".join(f"{name} = {_mm((f.sx, f.sy, f.sz))}" for name, f in PRESETS.items())
+                   + ", ".join(f"{name} = {format_values((f.sx, f.sy, f.sz), sep=',')}" for name, f in PRESETS.items())
                    + f"; thin scans (<{rule.min_slices} slices) keep their slice spacing, long ones "
                    f"(>{rule.max_slices}) get a finer one (default "
                    f"{'off' if _default('forced_spacing') is None else 'on'})")

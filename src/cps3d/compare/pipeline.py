@@ -21,6 +21,7 @@ from cps3d.compare.splits import (
     nested_subsets,
     training_folds,
 )
+from cps3d.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +118,7 @@ def run_compare(ds, preprocessed_root: str | os.PathLike, output: str | os.PathL
     folds, splits = training_folds(split, subsets, counts, config.seeds)
     pre = linked_preprocessed(preprocessed_root, ds.name, output / "preprocessed_split", splits)
     refs = _references(ds, split, output, config.evaluate)
-    device = config.device or _default_device()
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was requested but no CUDA device is available; use --device cpu")
+    device = str(resolve_device(config.device))
     plan = plans["configurations"][config.configuration]
     common = {"dataset": ds.name, "pre": str(pre), "configuration": config.configuration,
               "plans_name": config.plans_name, "device": device, "refs": refs,
@@ -171,9 +167,3 @@ def run_compare(ds, preprocessed_root: str | os.PathLike, output: str | os.PathL
     summary["device"] = device
     markdown, files = write_outputs(output, summary, header)
     return CompareResult(summary, markdown, files)
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -160,9 +160,9 @@ def csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def plot(summary: dict[str, Any], path: str | Path) -> None:
     """The DSC gain of each CPS method over the baseline per organ (at the smallest labeled count) with its
     interval; with several labeled counts a second panel: the gain of the mean DSC against the labeled count."""
-    from cps3d.report import _pyplot, _save
+    from cps3d.report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     counts = sorted(summary["by_labeled"], key=int)
     several = len(counts) > 1
     fig, axes = plt.subplots(1, 2 if several else 1, figsize=(12 if several else 7, 5), squeeze=False)
@@ -198,7 +198,7 @@ def plot(summary: dict[str, Any], path: str | Path) -> None:
         ax2.set_title("gain against the labeled count")
         ax2.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -10,8 +10,6 @@ and the run starts over.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -20,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cps3d.files import read_json, write_json
+from cps3d.files import json_digest, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +27,7 @@ CURVES = ("train_sup_losses", "train_cps_losses", "lambda", "mean_fg_dice", "pse
 
 
 def settings_key(settings: Any) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(settings)[:16]
 
 
 def _marker(path: Path, key: str) -> bool:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cps3d.evaluation.organs import flare_organ_for
+
+
+def format_number(value: float | None, digits: int = 4, sign: bool = False) -> str:
+    """``value`` with ``digits`` decimals (and its sign when ``sign``); ``-`` for a missing or non-finite value."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:{'+' if sign else ''}.{digits}f}"
 
 __all__ = ["format_table", "compare_summaries"]
 
@@ -51,10 +59,10 @@ def compare_summaries(a: Mapping[str, Any], b: Mapping[str, Any], name_a: str = 
     names = list(pa) + [n for n in pb if n not in pa]
 
     def cell(d: Mapping | None, key: str) -> str:
-        return f"{d[key]:.{digits}f}" if d is not None else "-"
+        return format_number(None if d is None else d[key], digits)
 
     def diff(x: Mapping | None, y: Mapping | None, key: str) -> str:
-        return f"{y[key] - x[key]:+.{digits}f}" if x is not None and y is not None else "-"
+        return format_number(None if x is None or y is None else y[key] - x[key], digits, sign=True)
 
     header = ["organ", f"DSC {name_a}", f"DSC {name_b}", "dDSC", f"NSD {name_a}", f"NSD {name_b}", "dNSD"]
     rows = []

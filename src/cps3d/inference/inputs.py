@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from cps3d.dataset import channel_mismatch, channel_suffix, split_channel_name
 from cps3d.images import error_text
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 __all__ = ["Case", "InputProblem", "list_cases", "select_part", "read_dicom_series", "strip_ending"]
 
 T = TypeVar("T")
-
-_CHANNEL = re.compile(r"(.+)_(\d{4})")
-
 
 @dataclass(frozen=True)
 class Case:
@@ -158,9 +155,9 @@ def list_cases(inputs: Sequence[str | os.PathLike], endings: Sequence[str], num_
                 continue
             files = [(path, stem)]
         for f, stem in files:
-            m = _CHANNEL.fullmatch(stem)
-            if m is not None and (num_channels > 1 or int(m.group(2)) == 0):
-                channel_files.setdefault(m.group(1), {}).setdefault(int(m.group(2)), []).append(str(f))
+            named = split_channel_name(stem)
+            if named is not None and (num_channels > 1 or named[1] == 0):
+                channel_files.setdefault(named[0], {}).setdefault(named[1], []).append(str(f))
             elif num_channels == 1:
                 plain.setdefault(stem, []).append(str(f))
             else:
@@ -181,15 +178,14 @@ def list_cases(inputs: Sequence[str | os.PathLike], endings: Sequence[str], num_
             problems.append(InputProblem(fs[0], f"channel {c} of case {case_id} is given more than once: "
                                          f"{', '.join(fs)}", case_id))
             continue
-        expected = set(range(num_channels))
-        if set(channels) != expected:
-            missing = sorted(expected - set(channels))
-            extra = sorted(set(channels) - expected)
+        missing, extra = channel_mismatch(channels, num_channels)
+        if missing or extra:
             what = []
             if missing:
-                what.append(f"missing channel(s) {', '.join(f'{c:04d}' for c in missing)}")
+                what.append(f"missing channel(s) {', '.join(channel_suffix(c) for c in missing)}")
             if extra:
-                what.append(f"channel(s) {', '.join(f'{c:04d}' for c in extra)} beyond the model's {num_channels}")
+                what.append(f"channel(s) {', '.join(channel_suffix(c) for c in extra)} beyond the model's "
+                            f"{num_channels}")
             first = channels[min(channels)][0]
             problems.append(InputProblem(first, f"case {case_id}: {'; '.join(what)}", case_id))
             continue

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cps3d.files import read_json
+from cps3d.options import parse_fold
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,8 @@ def available_folds(model_dir: str | os.PathLike, checkpoint: str = DEFAULT_CHEC
 
 
 def _fold_value(f: int | str) -> int | str:
-    if isinstance(f, str) and f.strip().lower() == "all":
-        return "all"
-    try:
-        value = int(f)
-    except (TypeError, ValueError):
-        raise ValueError(f"fold {f!r}: give a fold number or 'all'") from None
-    if value < 0:
+    value = parse_fold(f)
+    if isinstance(value, int) and value < 0:
         raise ValueError(f"fold {f!r}: must be >= 0")
     return value
 

@@ -34,7 +34,9 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from tqdm import tqdm
 
 from cps3d import __version__
+from cps3d.devices import resolve_device
 from cps3d.files import check_output_folder, read_json, write_json
+from cps3d.images import format_values
 from cps3d.inference.config import PROTOCOLS, CaseFailure, CaseResult, PredictConfig, PredictionReport
 from cps3d.inference.export import ExportJob, export_case, output_paths
 from cps3d.inference.fast import resample_to_plan, segmentation_torch
@@ -107,15 +109,6 @@ class CPSPredictor(nnUNetPredictor):
         return out
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU; a CUDA device without CUDA is a ValueError."""
-    if device is None:
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was requested but no CUDA device is available; use cpu")
-    return torch.device(device)
-
-
 def make_predictor(model: LoadedModel, config: PredictConfig):
     """An initialised nnU-Net predictor (our subclass) for ``model`` under ``config``."""
     device = resolve_device(config.device)
@@ -136,7 +129,7 @@ def make_predictor(model: LoadedModel, config: PredictConfig):
 
 
 def _fmt(values: Sequence[float]) -> str:
-    return " x ".join(f"{v:.4g}" for v in values)
+    return format_values(values, 4, " x ")
 
 
 # ------------------------------------------------------------------------------------------------------- the run

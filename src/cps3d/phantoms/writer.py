@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cps3d.dataset import channel_file_name
 from cps3d.evaluation.organs import FLARE_LABELS
 from cps3d.files import atomic_path, read_json, write_json
 from cps3d.parallel import imap_cases
@@ -88,7 +89,7 @@ def write_case_files(folder: str | os.PathLike, case_id: str, split: str, params
         image, label, geometry = render_case(p)
         t1 = time.perf_counter()
         images_dir, labels_dir = SPLIT_FOLDERS[split]
-        _write_nifti(sitk, geometry, image, folder / images_dir / f"{case_id}_0000{FILE_ENDING}", compression_level)
+        _write_nifti(sitk, geometry, image, folder / images_dir / channel_file_name(case_id, 0, FILE_ENDING), compression_level)
         if labels_dir is not None:
             _write_nifti(sitk, geometry, label, folder / labels_dir / f"{case_id}{FILE_ENDING}", compression_level)
         write_json(folder / PARAMS_FOLDER / f"{case_id}.json", p.to_dict())
@@ -109,7 +110,7 @@ def _planned_files(counts: dict[str, int]) -> dict[str, set[str]]:
     for split, n in counts.items():
         images_dir, labels_dir = SPLIT_FOLDERS[split]
         ids = case_ids(split, n)
-        planned.setdefault(images_dir, set()).update(f"{c}_0000{FILE_ENDING}" for c in ids)
+        planned.setdefault(images_dir, set()).update(channel_file_name(c, 0, FILE_ENDING) for c in ids)
         if labels_dir:
             planned.setdefault(labels_dir, set()).update(f"{c}{FILE_ENDING}" for c in ids)
         planned[PARAMS_FOLDER].update(f"{c}.json" for c in ids)

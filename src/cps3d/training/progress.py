@@ -14,12 +14,9 @@ def plot_progress(logged: dict[str, list], path: str | os.PathLike) -> None:
     ``logged`` maps keys to one value per epoch (nnU-Net's logger checkpoint plus cps3d's keys); keys that are absent
     (for instance the second network's in a supervised run) are skipped.
     """
-    import matplotlib
+    from cps3d.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cps3d.files import atomic_path
+    plt = pyplot()
 
     n = min(len(v) for k, v in logged.items() if k in ("train_losses", "val_losses", "mean_fg_dice", "lrs"))
     if n == 0:
@@ -75,6 +72,5 @@ def plot_progress(logged: dict[str, list], path: str | os.PathLike) -> None:
     ax.set_ylabel("seconds")
     ax.set_xlabel("epoch")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)

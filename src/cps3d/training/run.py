@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from cps3d.devices import resolve_device
 from cps3d.files import read_json
 from cps3d.nnunet_env import nnunet_folders
+from cps3d.options import parse_fold
 from cps3d.planning import DEFAULT_PLANS_NAME, load_plans
 from cps3d.preprocessing import unlabeled_folder
 from cps3d.training.config import TrainConfig, merge_for_resume
@@ -32,12 +34,9 @@ def check_fold(fold: int | str, preprocessed_root: str | os.PathLike, dataset_na
     nnU-Net's trainer trains any other number on a random 80:20 split with only a warning, hence the check. Raises
     ValueError naming the fold and the valid range (or the malformed splits file).
     """
-    if fold == "all":
-        return fold
-    try:
-        number = int(fold)
-    except (TypeError, ValueError):
-        raise ValueError(f"fold {fold!r}: give a fold number or 'all'") from None
+    number = parse_fold(fold)
+    if isinstance(number, str):  # "all"
+        return number
     splits_file = Path(preprocessed_root) / dataset_name / "splits_final.json"
     n, source = NNUNET_FOLDS, "nnU-Net's 5-fold split"
     if splits_file.is_file():
@@ -101,10 +100,6 @@ def saved_train_config(fold_folder: str | os.PathLike, checkpoint: Path | None =
         raise ValueError(f"{source}: its saved training configuration is not valid ({e})") from e
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
 def model_folder(results_root: str | os.PathLike, dataset_name: str, mode: str, plans_name: str,
                  configuration: str) -> Path:
     """``<results>/<dataset>/<Trainer>__<plans>__<configuration>``: nnU-Net's layout; holds fold_N/ folders."""
@@ -145,7 +140,7 @@ def build_trainer(dataset_name: str, preprocessed_root: str | os.PathLike, resul
     """
     from cps3d.training.trainer import TRAINERS
 
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     plans = copy.deepcopy(plans) if plans is not None else load_plans(preprocessed_root, dataset_name, plans_name)
     plans["continue_training"] = continue_training  # nnU-Net's trainer pops this key
     dataset_json = read_json(Path(preprocessed_root) / dataset_name / "dataset.json")
@@ -165,9 +160,7 @@ def train(dataset_name: str, preprocessed_root: str | os.PathLike, results_root:
     ``fold`` is 0-4 or ``"all"`` (see :func:`check_fold`). Raises FileExistsError if the fold already holds a finished
     training and neither ``continue_training`` (extend or resume it) nor ``overwrite`` (start again) is given.
     """
-    device = torch.device(device) if device is not None else default_device()
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA device is available; use --device cpu")
+    device = resolve_device(device)
     fold = check_fold(fold, preprocessed_root, dataset_name)
     plans = load_plans(preprocessed_root, dataset_name, plans_name)
     if configuration not in plans["configurations"]:
