@@ -37,7 +37,7 @@ def _on_off(value: bool) -> str:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     from cps3d.images import format_values
-    from cps3d.inference.config import AVERAGES, PROTOCOLS, RESAMPLINGS
+    from cps3d.inference.config import AVERAGES, PROTOCOLS
     from cps3d.inference.forced_spacing import PRESETS
     from cps3d.inference.model import BRANCHES
 
@@ -90,7 +90,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="keep the largest component of these labels only (default: every label)")
     p.add_argument("--save-probabilities", action="store_true", default=None,
                    help="also write probabilities like nnU-Net (CASE.npz + CASE.pkl); needs memory for all classes")
-    p.add_argument("--resampling", choices=RESAMPLINGS,
+    # no argparse choices: the option set is cps3d.inference.fast.RESAMPLINGS, which PredictConfig checks (importing
+    # it here would import torch for every command line)
+    p.add_argument("--resampling", metavar="torch|exact",
                    help="torch: the fast path, nnU-Net's torch resampling (linear, float32) on the network's device "
                    "for the scan and for the export, label maps close to stock nnU-Net's; exact: the plans' resampling, "
                    f"label maps identical to stock nnU-Net's (default {_default('resampling')})")

@@ -14,11 +14,9 @@ from cps3d.inference.forced_spacing import PRESETS, ForcedSpacing
 from cps3d.inference.model import BRANCHES, DEFAULT_CHECKPOINT
 from cps3d.inference.postprocessing import Postprocessing
 
-__all__ = ["AVERAGES", "RESAMPLINGS", "PROTOCOLS", "PredictConfig", "CaseResult", "CaseFailure", "PredictionReport"]
+__all__ = ["AVERAGES", "PROTOCOLS", "PredictConfig", "CaseResult", "CaseFailure", "PredictionReport"]
 
 AVERAGES = ("probabilities", "logits")
-# torch: the fast path (cps3d.inference.fast); exact: the plans' resampling, as nnU-Net
-RESAMPLINGS = ("torch", "exact")
 
 # whole inference protocols selectable with one flag
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -86,6 +84,10 @@ class PredictConfig:
             Postprocessing("largest_component", self.postprocess_labels)  # validates the labels
         if self.export_mode not in EXPORT_MODES:
             raise ValueError(f"export_mode={self.export_mode!r}: choose one of {', '.join(EXPORT_MODES)}")
+        # imported here, not with the module: cps3d.inference.fast imports torch, and the CLI reads this class's
+        # defaults for every command line's help
+        from cps3d.inference.fast import RESAMPLINGS
+
         if self.resampling not in RESAMPLINGS:
             raise ValueError(f"resampling={self.resampling!r}: choose one of {', '.join(RESAMPLINGS)}")
         if not isinstance(self.num_parts, int) or not isinstance(self.part_id, int) or self.num_parts < 1 \

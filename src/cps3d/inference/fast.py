@@ -27,7 +27,10 @@ import torch
 from nnunetv2.preprocessing.resampling.resample_torch import resample_torch_fornnunet
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-__all__ = ["DeferredResampling", "resample_to_plan", "segmentation_torch"]
+__all__ = ["RESAMPLINGS", "DeferredResampling", "resample_to_plan", "segmentation_torch"]
+
+# "torch": the fast path (this module); "exact": the plans' resampling functions (identical to stock nnU-Net)
+RESAMPLINGS = ("torch", "exact")
 
 
 class DeferredResampling(ConfigurationManager):
