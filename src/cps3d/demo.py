@@ -18,13 +18,18 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
 from cps3d.files import json_digest, read_json, write_json
 from cps3d.planning import DEFAULT_PLANS_NAME
+
+if TYPE_CHECKING:
+    from cps3d.evaluation.summary import EvaluationResult, EvaluationSummary
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,27 @@ CPS_OBJECTIVE = {"cps_loss": "ce", "confidence": 0.95}
 RESERVE_SHARE, RESERVE_MINUTES = 0.12, 0.6
 
 
-def training_schedule(minutes: float, device: str, t_sup: float, t_cps: float) -> dict:
+class StepSeconds(TypedDict):
+    """Measured seconds of one training iteration of each method."""
+
+    supervised: float
+    cps: float
+
+
+class TrainingSchedule(TypedDict):
+    """The demo's training schedule (:func:`training_schedule`), kept as JSON in the demo's state file."""
+
+    max_epochs: int
+    expected_epochs: int
+    iters_per_epoch: int
+    val_iters: int
+    cps_minutes: float
+    lambda_start_epoch: int
+    lambda_ramp_epochs: int
+    seconds_per_iteration: StepSeconds
+
+
+def training_schedule(minutes: float, device: str, t_sup: float, t_cps: float) -> TrainingSchedule:
     """The demo's training schedule for a budget of ``minutes`` and measured seconds per iteration (supervised, CPS).
 
     Training gets the budget less a reserve for the other steps (``RESERVE_SHARE`` of it plus ``RESERVE_MINUTES``).
@@ -230,7 +255,7 @@ class Demo:
         settings_key = {"plans": _State.key(plans["configurations"][CONFIGURATION]), "minutes": self.c.minutes,
                         "device": self.device, "objective": self._objective("cps")}
         if self.state.done("schedule", settings_key):
-            schedule = self.state.info("schedule")["schedule"]
+            schedule: TrainingSchedule = self.state.info("schedule")["schedule"]
         else:
             t_sup, t_cps = self._seconds_per_iteration(plans)
             schedule = training_schedule(self.c.minutes, self.device, t_sup, t_cps)
@@ -240,9 +265,10 @@ class Demo:
                  "as many epochs", schedule["cps_minutes"], schedule["expected_epochs"],
                  schedule["iters_per_epoch"], schedule["seconds_per_iteration"]["cps"],
                  schedule["seconds_per_iteration"]["supervised"], schedule["lambda_ramp_epochs"])
-        common = dict(iters_per_epoch=schedule["iters_per_epoch"], val_iters=schedule["val_iters"],
-                      lambda_ramp_epochs=schedule["lambda_ramp_epochs"],
-                      lambda_start_epoch=schedule.get("lambda_start_epoch", 0), final_validation=False, save_every=1)
+        common: dict[str, Any] = dict(iters_per_epoch=schedule["iters_per_epoch"], val_iters=schedule["val_iters"],
+                                      lambda_ramp_epochs=schedule["lambda_ramp_epochs"],
+                                      lambda_start_epoch=schedule.get("lambda_start_epoch", 0),
+                                      final_validation=False, save_every=1)
         cps = self._train_one("cps", TrainConfig(mode="cps", epochs=schedule["max_epochs"],
                                                  max_minutes=schedule["cps_minutes"], **common,
                                                  **self._objective("cps")), settings_key)
@@ -295,26 +321,30 @@ class Demo:
             outputs[run] = out
         return outputs
 
-    def evaluate(self, predictions: dict[str, Path]) -> dict[str, dict]:
+    def evaluate(self, predictions: dict[str, Path]) -> dict[str, EvaluationResult]:
         from cps3d.evaluation import evaluate_folders, write_per_case_csv, write_summary_json
 
         self._step(5, "evaluating with the FLARE 2022 rules and writing the report")
-        summaries = {}
+        results = {}
         for run, folder in predictions.items():
             result = evaluate_folders(folder, self.raw / DATASET_NAME / "labelsTs",
                                       self.raw / DATASET_NAME / "dataset.json", num_processes=self.c.num_processes,
                                       progress=self.c.progress)
             write_summary_json(folder / "summary.json", result)
             write_per_case_csv(folder / "metrics_per_case.csv", result)
-            summaries[run] = result.summary
-            summaries[run]["_case_dsc"] = {c.case: float(np.mean([s[0] for s in c.scores.values()]))
-                                           for c in result.cases}
-        return summaries
+            results[run] = result
+        return results
 
-    def report(self, ds, models: dict[str, Path], predictions: dict[str, Path], summaries: dict[str, dict]) -> Path:
+    def report(self, ds, models: dict[str, Path], predictions: dict[str, Path],
+               results: dict[str, EvaluationResult]) -> Path:
         import torch
 
         from cps3d.report import efficiency_table, organ_table, plot_training_curves, qualitative_figure
+
+        summaries = {run: r.summary for run, r in results.items()}
+        # each test case's mean DSC over the organs, per run (the qualitative figure's captions)
+        case_dice = {run: {c.case: float(np.mean([s[0] for s in c.scores.values()])) for c in r.cases}
+                     for run, r in results.items()}
 
         figures = self.work / "report"
         figures.mkdir(exist_ok=True)
@@ -329,7 +359,7 @@ class Demo:
         refs = {c: tests[c]["label"] for c in cases}
         preds = {run: {c: str(predictions[run] / f"{c}{ds.file_ending}") for c in cases} for run in predictions}
         qualitative_figure(cases, images, refs, preds, figures / "qualitative.png",
-                           case_dice={r: s["_case_dsc"] for r, s in summaries.items()})
+                           case_dice=case_dice)
         profiles = {}
         for run in predictions:
             slug = run.lower().replace(" + ", "_").replace(" ", "_")
@@ -420,8 +450,8 @@ The same axial slices of two test scans: image, reference, baseline, CPS and CPS
         plans = self.plan_and_preprocess(ds)
         models = self.train(plans)
         predictions = self.predict(ds, models)
-        summaries = self.evaluate(predictions)
-        path = self.report(ds, models, predictions, summaries)
+        results = self.evaluate(predictions)
+        path = self.report(ds, models, predictions, results)
         elapsed = time.monotonic() - self.t0
         log.info("[demo %5.0f s] done (budget %.0f s)", elapsed, 60 * self.c.minutes)
         return path
@@ -430,7 +460,7 @@ The same axial slices of two test scans: image, reference, baseline, CPS and CPS
 LEARNED_DSC = 0.2  # below it an organ counts as not learned (FLARE 2022 scores NSD 0 there too)
 
 
-def not_learned(summaries: dict[str, dict], threshold: float = LEARNED_DSC) -> list[str]:
+def not_learned(summaries: Mapping[str, EvaluationSummary], threshold: float = LEARNED_DSC) -> list[str]:
     """The organs whose mean DSC is below ``threshold`` in every one of ``summaries`` ({run: FLARE summary})."""
     organs = next(iter(summaries.values()))["per_target"]
     return [o for o in organs if all(s["per_target"][o]["DSC_mean"] < threshold for s in summaries.values())]

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,13 +67,31 @@ def _case_rng(seed: int, case_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(case_id.encode())])
 
 
-def analyze_case(case_id: str, image_files: list[str], label_file: str | None, reader_writer_class: type,
-                 config: FingerprintConfig, num_samples: int, verify: bool = True) -> dict:
-    """Read one case and return its geometry and sampled intensities per channel.
+@dataclass(frozen=True)
+class CaseAnalysis:
+    """What the fingerprint takes from one case (:func:`analyze_case`).
 
-    Returns ``{"shape_after_crop", "spacing", "relative_size_after_cropping"}`` (labeled cases only, else None) and
-    ``"samples"``: a list with one float32 array per channel, plus exact per-channel ``"min"``/``"max"`` of the
-    voxels the mode considers. ``verify``: read every file in full first (:func:`cps3d.images.verify_image`;
+    shape_after_crop, spacing (array order, mm), relative_size_after_cropping: labeled cases only (else None).
+    samples: one array of sampled intensities per channel (None: an unlabeled case in ``foreground`` mode); min, max:
+    per channel, the exact extremes of the voxels the mode considers (None for a channel without such voxels, and
+    the lists are empty in ``foreground`` mode, which takes nnU-Net's sampled extremes).
+    """
+
+    case: str
+    labeled: bool
+    samples: list[np.ndarray] | None
+    shape_after_crop: list[int] | None = None
+    spacing: list[float] | None = None
+    relative_size_after_cropping: float | None = None
+    min: list[float | None] = field(default_factory=list)
+    max: list[float | None] = field(default_factory=list)
+
+
+def analyze_case(case_id: str, image_files: list[str], label_file: str | None, reader_writer_class: type,
+                 config: FingerprintConfig, num_samples: int, verify: bool = True) -> CaseAnalysis:
+    """Read one case and return its geometry and sampled intensities per channel (:class:`CaseAnalysis`).
+
+    ``verify``: read every file in full first (:func:`cps3d.images.verify_image`;
     nnU-Net's reader would take a truncated NIfTI's missing voxels and NaN for zeros); False only for files that
     just passed ``check_dataset``. Raises DatasetError naming the files that fail the verification.
     """
@@ -97,38 +116,38 @@ def analyze_case(case_id: str, image_files: list[str], label_file: str | None, r
     except Exception as e:
         raise RuntimeError(f"case {case_id}: cannot read {image_files}{' / ' + label_file if label_file else ''}: {e}") from e
     data, seg_cropped, _ = crop_to_nonzero(images, seg)
-    out: dict = {"case": case_id, "labeled": label_file is not None}
+    geometry: dict[str, Any] = {}
     if label_file is not None:
-        out["shape_after_crop"] = [int(i) for i in data.shape[1:]]
-        out["spacing"] = [float(i) for i in props["spacing"]]
-        out["relative_size_after_cropping"] = float(np.prod(data.shape[1:]) / np.prod(images.shape[1:]))
+        geometry = {"shape_after_crop": [int(i) for i in data.shape[1:]],
+                    "spacing": [float(i) for i in props["spacing"]],
+                    "relative_size_after_cropping": float(np.prod(data.shape[1:]) / np.prod(images.shape[1:]))}
     if config.intensity_stats == "foreground":
         if label_file is None:
-            out["samples"] = None
-            return out
+            return CaseAnalysis(case_id, False, None, **geometry)
         # exactly nnU-Net's sampling (its own seed and per-case sample count) so this mode reproduces nnU-Net
-        samples, _ = DatasetFingerprintExtractor.collect_foreground_intensities(seg_cropped, data,
-                                                                                num_samples=num_samples)
-        out["samples"] = [np.asarray(s, dtype=np.float64) for s in samples]
-        return out
+        found, _ = DatasetFingerprintExtractor.collect_foreground_intensities(seg_cropped, data,
+                                                                              num_samples=num_samples)
+        return CaseAnalysis(case_id, True, [np.asarray(s, dtype=np.float64) for s in found], **geometry)
     rng = _case_rng(config.seed, case_id)
-    out["samples"], out["min"], out["max"] = [], [], []
+    samples: list[np.ndarray] = []
+    lows: list[float | None] = []
+    highs: list[float | None] = []
     for c in range(data.shape[0]):
         voxels = data[c].ravel()
         if config.intensity_stats == "body":
             voxels = voxels[voxels > config.body_threshold_hu]
         if voxels.size == 0:
-            out["samples"].append(np.zeros(0, np.float32))
-            out["min"].append(None)
-            out["max"].append(None)
+            samples.append(np.zeros(0, np.float32))
+            lows.append(None)
+            highs.append(None)
             continue
         if voxels.size <= num_samples:  # a small case contributes all its voxels
-            out["samples"].append(voxels.astype(np.float32))
+            samples.append(voxels.astype(np.float32))
         else:
-            out["samples"].append(voxels[rng.integers(0, voxels.size, size=num_samples)].astype(np.float32))
-        out["min"].append(float(voxels.min()))
-        out["max"].append(float(voxels.max()))
-    return out
+            samples.append(voxels[rng.integers(0, voxels.size, size=num_samples)].astype(np.float32))
+        lows.append(float(voxels.min()))
+        highs.append(float(voxels.max()))
+    return CaseAnalysis(case_id, label_file is not None, samples, min=lows, max=highs, **geometry)
 
 
 def summarize_intensities(samples: np.ndarray) -> dict:
@@ -172,7 +191,7 @@ def compute_fingerprint(ds: RawDataset, config: FingerprintConfig = FingerprintC
         per_case = max(1, config.samples_total // (len(labeled) + len(unlabeled)))
     work = [(k, v["images"], v["label"], rw_class, config, per_case, verify) for k, v in labeled.items()]
     work += [(k, v, None, rw_class, config, per_case, verify) for k, v in unlabeled.items()]
-    results: list[dict | None] = [None] * len(work)
+    results: list[CaseAnalysis | None] = [None] * len(work)
     problems: list[Problem] = []
     for i, r in imap_cases(analyze_case, work, num_processes, desc="Fingerprint", progress=progress):
         if isinstance(r, DatasetError):  # files that fail the verification: collect them all
@@ -184,24 +203,24 @@ def compute_fingerprint(ds: RawDataset, config: FingerprintConfig = FingerprintC
     if problems:
         raise DatasetError(sorted(problems, key=lambda p: p.path))
     done = [r for r in results if r is not None]
-    lab = [r for r in done if r["labeled"]]
+    lab = [r for r in done if r.labeled]
     n_channels = ds.num_channels
     properties = {}
     for c in range(n_channels):
-        samples = np.concatenate([r["samples"][c] for r in done if r["samples"] is not None])
+        samples = np.concatenate([r.samples[c] for r in done if r.samples is not None])
         if samples.size == 0:
             raise ValueError(f"{ds.name}: no voxels to compute intensity statistics for channel {c} "
                              f"(mode {config.intensity_stats!r})")
         stats = summarize_intensities(samples)
         if config.intensity_stats != "foreground":  # exact extremes instead of sampled ones
-            stats["min"] = float(min(r["min"][c] for r in done if r["min"][c] is not None))
-            stats["max"] = float(max(r["max"][c] for r in done if r["max"][c] is not None))
+            stats["min"] = float(min(v for r in done if (v := r.min[c]) is not None))
+            stats["max"] = float(max(v for r in done if (v := r.max[c]) is not None))
         properties[str(c)] = stats
     fingerprint = {
-        "spacings": [r["spacing"] for r in lab],
-        "shapes_after_crop": [r["shape_after_crop"] for r in lab],
+        "spacings": [r.spacing for r in lab],
+        "shapes_after_crop": [r.shape_after_crop for r in lab],
         "foreground_intensity_properties_per_channel": properties,
-        "median_relative_size_after_cropping": float(np.median([r["relative_size_after_cropping"] for r in lab])),
+        "median_relative_size_after_cropping": float(np.median([r.relative_size_after_cropping for r in lab])),
         "cps3d": {
             **asdict(config),
             "num_labeled": len(labeled),

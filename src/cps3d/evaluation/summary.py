@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 
@@ -14,7 +14,41 @@ from cps3d.evaluation.scoring import CaseResult
 from cps3d.evaluation.targets import Target
 from cps3d.files import read_json, write_csv, write_json
 
-__all__ = ["EvaluationResult", "summarize", "write_per_case_csv", "write_summary_json", "load_summary"]
+if TYPE_CHECKING:  # typing.NotRequired is Python 3.11's; the annotations are not evaluated at run time
+    from typing import NotRequired
+
+__all__ = ["EvaluationResult", "EvaluationSummary", "TargetSummary", "MeanSummary", "summarize", "write_per_case_csv",
+           "write_summary_json", "load_summary"]
+
+
+class MeanSummary(TypedDict):
+    """Means and standard deviations (over cases, ddof=0) of DSC and NSD."""
+
+    DSC_mean: float
+    DSC_std: float
+    NSD_mean: float
+    NSD_std: float
+
+
+class TargetSummary(MeanSummary):
+    """One target's scores (:class:`MeanSummary`) and how it was scored."""
+
+    labels: list[int]
+    tolerance_mm: float
+    flare: bool
+    slice_range: bool
+
+
+class EvaluationSummary(TypedDict):
+    """What :func:`summarize` returns and ``summary.json`` holds (that file adds ``targets``); a folder evaluation
+    (:func:`cps3d.evaluation.evaluate_folders`) adds the two folders and its settings."""
+
+    num_cases: int
+    per_target: dict[str, TargetSummary]
+    mean: MeanSummary
+    pred_dir: NotRequired[str]
+    ref_dir: NotRequired[str]
+    config: NotRequired[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -23,7 +57,7 @@ class EvaluationResult:
 
     cases: tuple[CaseResult, ...]
     targets: tuple[Target, ...]
-    summary: dict
+    summary: EvaluationSummary
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per case: ``case``, ``<target>_DSC``, ``<target>_NSD`` for each target, ``mean_DSC``, ``mean_NSD``."""
@@ -40,16 +74,15 @@ class EvaluationResult:
         return out
 
 
-def summarize(cases: Sequence[CaseResult], targets: Sequence[Target]) -> dict:
+def summarize(cases: Sequence[CaseResult], targets: Sequence[Target]) -> EvaluationSummary:
     """Mean and standard deviation (over cases, ddof=0) of DSC and NSD per target, and the mean over targets.
 
-    Returns ``{"num_cases", "per_target": {name: {"labels", "tolerance_mm", "flare", "DSC_mean", "DSC_std",
-    "NSD_mean", "NSD_std"}}, "mean": {"DSC_mean", "DSC_std", "NSD_mean", "NSD_std"}}``; the overall means are means
-    of the per-target means (the paper's mDSC), the overall stds those of the per-case target means.
+    Returns an :class:`EvaluationSummary`; the overall means are means of the per-target means (the paper's mDSC),
+    the overall stds those of the per-case target means.
     """
     if not cases:
         raise ValueError("no cases to summarize")
-    per_target = {}
+    per_target: dict[str, TargetSummary] = {}
     for t in targets:
         d = np.array([c.scores[t.name][0] for c in cases], np.float64)
         n = np.array([c.scores[t.name][1] for c in cases], np.float64)
@@ -58,7 +91,7 @@ def summarize(cases: Sequence[CaseResult], targets: Sequence[Target]) -> dict:
                               "NSD_mean": float(n.mean()), "NSD_std": float(n.std())}
     case_d = np.array([np.mean([c.scores[t.name][0] for t in targets]) for c in cases])
     case_n = np.array([np.mean([c.scores[t.name][1] for t in targets]) for c in cases])
-    mean = {"DSC_mean": float(np.mean([v["DSC_mean"] for v in per_target.values()])),
+    mean: MeanSummary = {"DSC_mean": float(np.mean([v["DSC_mean"] for v in per_target.values()])),
             "DSC_std": float(case_d.std()),
             "NSD_mean": float(np.mean([v["NSD_mean"] for v in per_target.values()])),
             "NSD_std": float(case_n.std())}
@@ -73,14 +106,13 @@ def write_per_case_csv(path: str | os.PathLike, result: EvaluationResult) -> Non
 
 def write_summary_json(path: str | os.PathLike, result: EvaluationResult) -> None:
     """Write the summary (plus the targets used) as JSON atomically."""
-    summary = dict(result.summary)
-    summary["targets"] = [asdict(t) for t in result.targets]
+    summary: dict[str, Any] = {**result.summary, "targets": [asdict(t) for t in result.targets]}
     write_json(path, summary)
 
 
-def load_summary(path: str | os.PathLike) -> dict:
+def load_summary(path: str | os.PathLike) -> EvaluationSummary:
     """Read a summary.json written by :func:`write_summary_json`; errors name the file."""
     s = read_json(path)
     if not isinstance(s, dict) or not isinstance(s.get("per_target"), dict) or not isinstance(s.get("mean"), dict):
         raise ValueError(f"{path}: not a cps3d evaluation summary (no 'per_target' and 'mean' entries)")
-    return s
+    return cast(EvaluationSummary, s)

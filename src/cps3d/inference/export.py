@@ -27,7 +27,7 @@ import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -139,9 +139,18 @@ def _writer(job: ExportJob, plans_manager):
     return plans_manager.image_reader_writer_class()
 
 
-def export_case(job: ExportJob) -> dict:
-    """Resample, post-process and write one case (module docstring). Returns ``{"case_id", "files",
-    "export_seconds", "labels"}``. Runs in worker processes: everything it needs is in ``job``."""
+class ExportResult(TypedDict):
+    """What :func:`export_case` returns: the files written, the seconds taken, the labels in the label map."""
+
+    case_id: str
+    files: list[str]
+    export_seconds: float
+    labels: list[int]
+
+
+def export_case(job: ExportJob) -> ExportResult:
+    """Resample, post-process and write one case (module docstring) and return an :class:`ExportResult`. Runs in
+    worker processes: everything it needs is in ``job``."""
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 

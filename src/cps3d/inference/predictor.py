@@ -38,12 +38,12 @@ from cps3d.devices import resolve_device
 from cps3d.files import check_output_folder, read_json, write_json
 from cps3d.images import format_values
 from cps3d.inference.config import PROTOCOLS, CaseFailure, CaseResult, PredictConfig, PredictionReport
-from cps3d.inference.export import ExportJob, export_case, output_paths
+from cps3d.inference.export import ExportJob, ExportResult, export_case, output_paths
 from cps3d.inference.fast import resample_to_plan, segmentation_torch
 from cps3d.inference.inputs import Case, list_cases, select_part
 from cps3d.inference.model import LoadedModel, load_model
 from cps3d.inference.postprocessing import Postprocessing
-from cps3d.inference.prepare import first_line, prepare_case
+from cps3d.inference.prepare import PreparedCase, first_line, prepare_case
 from cps3d.parallel import imap_cases
 
 log = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ class _Runner:
         log.error("%s: %s", case.case_id, message)
         self.bar.update()
 
-    def network(self, case: Case, prepared: dict) -> tuple[CaseResult, ExportJob] | None:
+    def network(self, case: Case, prepared: PreparedCase) -> tuple[CaseResult, ExportJob] | None:
         """Log the case's geometry, run the network; returns the result so far and the export job (None: failed)."""
         info = prepared["info"]
         log.info("%s: %s voxels, spacing %s mm%s; network sees %s = %d voxels", case.case_id, _fmt(info["shape"]),
@@ -309,7 +309,7 @@ class _Runner:
             job.logits = logits.cpu().numpy()
         return result, job
 
-    def finished(self, result: CaseResult, outcome: dict | BaseException) -> None:
+    def finished(self, result: CaseResult, outcome: ExportResult | BaseException) -> None:
         if isinstance(outcome, BaseException):
             self.report.failed.append(CaseFailure(result.case_id, result.source,
                                                   f"export failed: {first_line(outcome)}"))
@@ -336,7 +336,7 @@ class _Runner:
                     continue
                 result, job = done
                 try:
-                    outcome: dict | BaseException = export_case(job)
+                    outcome: ExportResult | BaseException = export_case(job)
                 except Exception as e:
                     outcome = e
                 del job

@@ -6,17 +6,19 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from cps3d.images import error_text, verify_image
-from cps3d.inference.config import RESAMPLINGS
-from cps3d.inference.fast import DeferredResampling
+from cps3d.inference.fast import RESAMPLINGS, DeferredResampling
 from cps3d.inference.forced_spacing import ForcedSpacing, force_spacing_on_properties
 from cps3d.inference.inputs import Case, read_dicom_series
+
+if TYPE_CHECKING:  # typing.NotRequired is Python 3.11's; the annotations are not evaluated at run time
+    from typing import NotRequired
 
 __all__ = ["prepare_case", "input_dimension", "first_line"]
 
@@ -33,10 +35,33 @@ def input_dimension(plans: dict) -> int:
     return 2 if 999 in [float(s) for s in plans.get("original_median_spacing_after_transp", ())] else 3
 
 
+class CaseInfo(TypedDict):
+    """A prepared case's geometry for logs and the report: ``shape`` and ``spacing`` (mm) in index order (x, y, z),
+    ``assumed_spacing`` under forced spacing (else None) with the scan's ``n_slices``, and the shape the network
+    sees (array order) with its voxel count."""
+
+    shape: list[int]
+    spacing: list[float]
+    assumed_spacing: list[float] | None
+    n_slices: NotRequired[int]
+    network_shape: list[int]
+    network_voxels: int
+
+
+class PreparedCase(TypedDict):
+    """What :func:`prepare_case` returns: ``data`` (channels, *network-order shape) float32 (the caller may pop it
+    to free it early), nnU-Net's ``properties``, the ``info`` for logs, and on the fast path ``resample_target``
+    (what :func:`cps3d.inference.fast.resample_to_plan` needs)."""
+
+    data: NotRequired[np.ndarray]
+    properties: dict[str, Any]
+    info: CaseInfo
+    resample_target: NotRequired[Any]
+
+
 def prepare_case(case: Case, plans: dict, configuration: str, dataset_json: dict,
-                 forced_spacing: ForcedSpacing | None, resampling: str = "exact") -> dict:
-    """Read and preprocess one case (runs in worker processes). Returns ``{"data"`` (channels, *network-order
-    shape) float32, ``"properties"`` (nnU-Net's), ``"info"`` (geometry for logs and the report)``}``.
+                 forced_spacing: ForcedSpacing | None, resampling: str = "exact") -> PreparedCase:
+    """Read and preprocess one case (runs in worker processes) into a :class:`PreparedCase`.
     Raises ValueError naming the input when it cannot be read or used: every channel file is first read in full by
     :func:`cps3d.images.verify_image` (nnU-Net's SimpleITK reader turns a truncated NIfTI's missing voxels and NaN
     into zeros without a word), which names an empty, truncated or corrupt file, NaN or infinite voxels and an
@@ -75,14 +100,15 @@ def prepare_case(case: Case, plans: dict, configuration: str, dataset_json: dict
         raise ValueError(f"{case.source}: holds NaN or infinite values")
     index_shape = [int(s) for s in data.shape[1:][::-1]]
     index_spacing = [float(s) for s in properties["spacing"][::-1]]
-    info: dict[str, Any] = {"shape": index_shape, "spacing": index_spacing, "assumed_spacing": None}
+    assumed_spacing: list[float] | None = None
+    n_slices: int | None = None
     if forced_spacing is not None:
         try:
             forced = force_spacing_on_properties(properties, data.shape[1:], forced_spacing)
         except ValueError as e:
             raise ValueError(f"{case.source}: {e}") from e
-        info["assumed_spacing"] = [float(s) for s in forced["assumed_spacing"][::-1]]
-        info["n_slices"] = forced["n_slices"]
+        assumed_spacing = [float(s) for s in forced["assumed_spacing"][::-1]]
+        n_slices = forced["n_slices"]
     # hand the image over without keeping a reference here: nnU-Net's first step copies it (astype), and the
     # original can then be freed before the resampling, which is the peak of the whole prediction
     holder = [data]
@@ -93,13 +119,16 @@ def prepare_case(case: Case, plans: dict, configuration: str, dataset_json: dict
                                                                                   cm, dataset_json)
     except Exception as e:
         raise ValueError(f"{case.source}: preprocessing failed ({first_line(e)})") from e
-    prepared: dict[str, Any] = {"data": data, "properties": properties, "info": info}
     shape = data.shape[1:]
     if isinstance(cm, DeferredResampling):
         if cm.target is None:
             raise ValueError(f"{case.source}: nnU-Net's preprocessing did not ask for a resampling")
-        prepared["resample_target"] = cm.target
         shape = cm.target[0]
-    info["network_shape"] = [int(s) for s in shape]
-    info["network_voxels"] = int(np.prod(shape))
+    info: CaseInfo = {"shape": index_shape, "spacing": index_spacing, "assumed_spacing": assumed_spacing,
+                      "network_shape": [int(s) for s in shape], "network_voxels": int(np.prod(shape))}
+    if n_slices is not None:
+        info["n_slices"] = n_slices
+    prepared: PreparedCase = {"data": data, "properties": properties, "info": info}
+    if isinstance(cm, DeferredResampling):
+        prepared["resample_target"] = cm.target
     return prepared
