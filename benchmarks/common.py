@@ -25,13 +25,21 @@ NOISE_NOTE = ("Machine shared with other jobs: absolute timings are noisy; the r
               "measurements) are the figures to compare.")
 
 
-def proc_status_mb(field: str = "VmRSS") -> float | None:
-    """A memory figure of this process from ``/proc/self/status`` in MB (``VmRSS``: now; ``VmHWM``: peak since the
-    last reset), None where /proc is absent."""
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (the package's reader, psutil)."""
+    from cps3d.evaluation.meters import process_rss_mb
+
+    return process_rss_mb()
+
+
+def peak_rss_since_reset_mb() -> float | None:
+    """This process's peak resident memory since the last reset (``VmHWM`` of ``/proc/self/status``; reset by
+    writing 5 to ``/proc/self/clear_refs``) in MB, None where /proc is absent. Read here, not with psutil or the
+    package, because neither reads this resettable peak: the per-phase peaks of ``predict_memory.py`` need it."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith(field + ":"):
+                if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass

@@ -81,9 +81,9 @@ from common import (  # noqa: E402
     markdown_table,
     median,
     prepare_phantom_dataset,
-    proc_status_mb,
     publish,
     ratio,
+    rss_mb,
     run_worker,
     save_json,
 )
@@ -436,7 +436,7 @@ def worker(spec: dict) -> dict:
 
     nnUNetPredictor._internal_get_sliding_window_slicers = recording_slicers  # type: ignore[method-assign]
     folds = tuple(spec["folds"])
-    rss_before = proc_status_mb()
+    rss_before = rss_mb()
     if cuda:
         torch.cuda.init()
         torch.cuda.reset_peak_memory_stats(device)
@@ -520,32 +520,23 @@ def _read_labels(path: str):
     return sitk.GetArrayFromImage(img).astype(np.uint8, copy=False), img
 
 
-def confusion(a, b, n: int):
-    """n x n counts of (a, b) label pairs of two label maps of equal shape (uint8, labels < n), slab by slab."""
+def dice_per_label(a, b) -> dict[int, float]:
+    """The package's DSC (:func:`cps3d.evaluation.metrics.dice`) of every foreground label present in either of two
+    label maps of equal shape."""
     import numpy as np
+
+    from cps3d.evaluation.metrics import dice
 
     if a.shape != b.shape:
         raise ValueError(f"label maps of shapes {a.shape} and {b.shape}")
-    counts = np.zeros(n * n, np.int64)
-    step = max(1, (1 << 24) // max(1, int(np.prod(a.shape[1:]))))
-    for z in range(0, a.shape[0], step):
-        pair = a[z:z + step].astype(np.int32) * n + b[z:z + step]
-        counts += np.bincount(pair.ravel(), minlength=n * n)
-    return counts.reshape(n, n)
+    present = np.union1d(np.unique(a), np.unique(b))
+    return {int(k): dice(a == k, b == k) for k in present if k > 0}
 
 
-def dice_per_label(counts) -> dict[int, float]:
-    """DSC of every foreground label present in either map (``counts``: the confusion matrix, rows one map, columns
-    the other)."""
-    rows, cols = counts.sum(1), counts.sum(0)
-    return {k: float(2.0 * counts[k, k] / (rows[k] + cols[k])) for k in range(1, counts.shape[0])
-            if rows[k] + cols[k] > 0}
-
-
-def mean_dice(counts, labels: set[int] | None = None) -> tuple[float, int]:
+def mean_dice(a, b, labels: set[int] | None = None) -> tuple[float, int]:
     """Mean DSC over the foreground labels present in either map (only those in ``labels`` when given) and how many
     labels that is; 1.0 over 0 labels when neither map has any (they agree; FLARE 2022's rule for two empty masks)."""
-    scores = [v for k, v in dice_per_label(counts).items() if labels is None or k in labels]
+    scores = [v for k, v in dice_per_label(a, b).items() if labels is None or k in labels]
     return (sum(scores) / len(scores) if scores else 1.0), len(scores)
 
 
@@ -586,22 +577,18 @@ def compare_outputs(runs: list[dict], scans: dict[str, dict]) -> dict:
                 if other.shape == seg.shape:
                     result[case][f"voxels_{v.key}_differing_from_2"] = int(np.count_nonzero(other != seg))
                     result[case][f"agreement_{v.key}_vs_2"] = float(np.count_nonzero(other == seg) / seg.size)
-                    k = int(max(seg.max(), other.max())) + 1
                     result[case][f"dsc_per_label_{v.key}_vs_2"] = {
-                        str(label): d for label, d in dice_per_label(confusion(other, seg, k)).items()}
+                        str(label): d for label, d in dice_per_label(other, seg).items()}
             same_grid = (img.GetSize() == geom[0] and np.allclose(img.GetSpacing(), geom[1], atol=1e-5)
                          and np.allclose(img.GetOrigin(), geom[2], atol=1e-3)
                          and np.allclose(img.GetDirection(), geom[3], atol=1e-5))
-            n = int(max(seg.max(), stock_map.max() if stock_map is not None else 0,
-                        truth.max() if truth is not None else 0)) + 1
             entry: dict[str, Any] = {"same_grid": bool(same_grid)}
             if stock_map is not None and same_grid:
-                entry["dsc_vs_stock"], entry["labels_vs_stock"] = mean_dice(confusion(stock_map, seg, n))
+                entry["dsc_vs_stock"], entry["labels_vs_stock"] = mean_dice(stock_map, seg)
             if truth is not None and same_grid and truth.shape == seg.shape:
-                counts = confusion(truth, seg, n)
-                entry["dsc_vs_reference"], entry["labels_vs_reference"] = mean_dice(counts, segmented)
-                entry["dsc_per_label_vs_reference"] = {str(k): v for k, v in dice_per_label(counts).items()}
-            entry["labels_predicted"] = int(np.count_nonzero(np.bincount(seg.ravel(), minlength=n)[1:]))
+                entry["dsc_vs_reference"], entry["labels_vs_reference"] = mean_dice(truth, seg, segmented)
+                entry["dsc_per_label_vs_reference"] = {str(k): v for k, v in dice_per_label(truth, seg).items()}
+            entry["labels_predicted"] = int(np.count_nonzero(np.bincount(seg.ravel())[1:]))
             result[case][v.key] = entry
     return result
 

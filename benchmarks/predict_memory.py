@@ -45,7 +45,8 @@ from common import (  # noqa: E402
     machine_line,
     markdown_table,
     median,
-    proc_status_mb,
+    peak_rss_since_reset_mb,
+    rss_mb,
     run_worker,
     save_json,
 )
@@ -159,11 +160,11 @@ def worker(spec: dict) -> dict:
     model = load_model(spec["model_dir"])
     out = Path(spec["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    rss_start = proc_status_mb()
+    rss_start = rss_mb()
     phases: dict[str, dict] = {}
 
     def phase(name: str, t0: float, rss0: float | None) -> None:
-        phases[name] = {"s": time.perf_counter() - t0, "peak_mb": proc_status_mb("VmHWM"), "start_mb": rss0}
+        phases[name] = {"s": time.perf_counter() - t0, "peak_mb": peak_rss_since_reset_mb(), "start_mb": rss0}
         _reset_hwm()
 
     if spec["variant"].startswith(EXPORT_ONLY):
@@ -182,7 +183,7 @@ def worker(spec: dict) -> dict:
                         Postprocessing("none"))
         del logits, prepared
         _reset_hwm()
-        t0, rss0 = time.perf_counter(), proc_status_mb()
+        t0, rss0 = time.perf_counter(), rss_mb()
         export_case(job)
         del job
         phase("export+write", t0, rss0)
@@ -209,7 +210,7 @@ def worker(spec: dict) -> dict:
                                resampling=resampling, num_processes=1, progress=False)
         predictor = make_predictor(model, config)
         _reset_hwm()
-        t0, rss0 = time.perf_counter(), proc_status_mb()
+        t0, rss0 = time.perf_counter(), rss_mb()
         case = Case("big", (spec["scan"],))
         prepared = prepare_case(case, model.plans, model.configuration, model.dataset_json, config.forced_spacing,
                                 resampling)
@@ -219,7 +220,7 @@ def worker(spec: dict) -> dict:
             data = resample_to_plan(data, prepared["resample_target"], predictor.configuration_manager,
                                     predictor.device)
         phase("read+preprocess", t0, rss0)
-        t0, rss0 = time.perf_counter(), proc_status_mb()
+        t0, rss0 = time.perf_counter(), rss_mb()
         logits = predictor.predict_logits_from_preprocessed_data(data)
         del data
         job = ExportJob("big", None, prepared["properties"], model.plans, model.configuration,
@@ -229,7 +230,7 @@ def worker(spec: dict) -> dict:
             job.logits = logits.cpu().numpy()
             del logits
         phase("network", t0, rss0)
-        t0, rss0 = time.perf_counter(), proc_status_mb()
+        t0, rss0 = time.perf_counter(), rss_mb()
         if resampling == "torch":
             job.label_map = segmentation_torch(logits, predictor.plans_manager, predictor.configuration_manager,
                                                predictor.label_manager, prepared["properties"])

@@ -52,6 +52,7 @@ from common import (  # noqa: E402
     prepare_phantom_dataset,
     publish,
     ratio,
+    rss_mb,
     run_worker,
     save_json,
 )
@@ -70,12 +71,6 @@ LABELS = {"supervised": "nnU-Net supervised (1 network, B labeled)",
 # ---------------------------------------------------------------------------------------------------- worker side
 def _mb(n_bytes: float) -> float:
     return n_bytes / 2**20
-
-
-def _rss_bytes() -> int:
-    """Current resident set of this process (Linux /proc; bytes)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _max_rss_bytes() -> int:
@@ -225,7 +220,7 @@ def _step_worker(spec: dict) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         out["cuda_allocated_before_mb"] = _mb(torch.cuda.memory_allocated(device))
-    out["rss_before_mb"] = _mb(_rss_bytes())
+    out["rss_before_mb"] = rss_mb()
     out["max_rss_before_mb"] = _mb(_max_rss_bytes())
     out["warmup_s"] = [step() for _ in range(spec["warmup"])]
     out["step_s"] = [step() for _ in range(spec["steps"])]

@@ -203,6 +203,20 @@ def test_largest_component_by_hand():
     assert np.array_equal(keep_largest_component(tie), np.where(np.arange(7) == 3, 0, tie))
 
 
+def test_largest_component_in_1d_and_2d_uses_full_connectivity():
+    # 2-D: the two 1s touch at a corner (one component of 2 voxels) and beat the lone 1 elsewhere
+    seg = np.array([[1, 0, 0, 0],
+                    [0, 1, 0, 1],
+                    [2, 2, 0, 0]], np.uint8)
+    expected = seg.copy()
+    expected[1, 3] = 0
+    assert np.array_equal(keep_largest_component(seg), expected)
+    line = np.array([3, 3, 0, 3, 0, 2], np.int16)
+    assert np.array_equal(keep_largest_component(line), np.array([3, 3, 0, 0, 0, 2], np.int16))
+    with pytest.raises(ValueError, match="at most 3 axes"):
+        keep_largest_component(np.ones((2, 2, 2, 2), np.uint8))
+
+
 def test_largest_component_matches_nnunet_on_whole_volumes():
     from nnunetv2.postprocessing.remove_connected_components import remove_all_but_largest_component_from_segmentation
 

@@ -208,3 +208,15 @@ def test_meters_agree_with_the_kernel_counters():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     rss, statm_mb = (float(v) for v in out.split())
     assert rss >= 64 and abs(rss - statm_mb) <= 2
+
+
+def test_process_rss_reads_this_process_in_mb():
+    import numpy as np
+
+    from cps3d.evaluation.meters import process_rss_mb
+
+    before = process_rss_mb()
+    block = np.ones(64 * 2**20 // 8)  # 64 MB, written (so resident)
+    grown = process_rss_mb() - before
+    assert 48 < grown < 200, grown
+    del block

@@ -44,6 +44,11 @@ def machine_ram_used_mb() -> float:
     return (vm.total - vm.available) / MB
 
 
+def process_rss_mb(pid: int | None = None) -> float:
+    """Resident memory of one process (this one when ``pid`` is None) in MB, its children not included."""
+    return psutil.Process(pid).memory_info().rss / MB
+
+
 class ProcessTree:
     """CPU time and resident memory of a process and its descendants."""
 

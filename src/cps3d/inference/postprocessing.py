@@ -5,10 +5,12 @@ The largest-component rule is nnU-Net's (``remove_all_but_largest_component_from
 connectivity (26-neighbourhood in 3D), components tied for largest are all kept, removed voxels become background 0;
 tests check that we give the same maps. We do not call that function because its component filter (acvl-utils)
 recomputes the largest size once per component, which is quadratic in the number of components: an untrained or
-noisy model's 512^3 prediction with ~10^5 specks takes hours. Ours labels each label's bounding box with
-``scipy.ndimage.label`` and counts sizes with one ``bincount`` (linear), and every component of a label lies inside
-its box, so the whole volume is never labelled. The functions of an nnU-Net ``postprocessing.pkl`` are applied as
-stored, except nnU-Net's largest-component function, which is replaced by its linear equivalent here.
+noisy model's 512^3 prediction with ~10^5 specks takes hours. Ours labels the components of every label in one pass
+of ``cc3d`` (connected-components-3d, installed with nnU-Net; components never cross labels) and counts their sizes
+with one ``bincount`` (linear). It replaced a ``scipy.ndimage.label`` pass per label's bounding box: the same maps,
+6-17x faster on 512 x 512 x 150 maps (benchmarks/postprocess.py, benchmarks/README.md). The functions of an nnU-Net
+``postprocessing.pkl`` are applied as stored, except nnU-Net's largest-component function, which is replaced by its
+linear equivalent here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
@@ -38,35 +39,38 @@ def _check_label_map(seg: np.ndarray) -> None:
         raise ValueError("a label map must not hold negative labels")
 
 
-def _drop_small_components(crop: np.ndarray, mask: np.ndarray, background: int) -> None:
-    """In ``crop`` (a view), set to ``background`` the voxels of ``mask`` outside its largest connected
-    component(s) (full connectivity; components tied for largest are all kept). Linear in the number of voxels."""
-    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
-    components, n = ndimage.label(mask, structure)
-    if n <= 1:
-        return
-    sizes = np.bincount(components.ravel(), minlength=n + 1)
-    sizes[0] = 0
-    drop = sizes < sizes.max()
+def _outside_largest(labels: np.ndarray) -> np.ndarray:
+    """Boolean map of the voxels of each nonzero value of ``labels`` (a label map of at most 3 axes) that lie outside
+    that value's largest connected component(s): full connectivity, components tied for largest are all kept.
+    Linear in the number of voxels."""
+    import cc3d
+
+    if labels.ndim > 3:
+        raise ValueError(f"a label map has at most 3 axes, got shape {labels.shape}")
+    # as 3-D: 26-connectivity on an added axis of length 1 is full connectivity in 1-D and 2-D
+    volume = labels.reshape((1,) * (3 - labels.ndim) + labels.shape)
+    components = cc3d.connected_components(volume, connectivity=26)
+    flat = components.ravel()
+    sizes = np.bincount(flat)
+    label_of = np.zeros(sizes.size, np.int64)  # the value each component belongs to (0: the background)
+    label_of[flat] = volume.ravel()
+    largest = np.zeros(int(label_of.max()) + 1, np.int64)  # per value, the size of its largest component
+    np.maximum.at(largest, label_of[1:], sizes[1:])
+    drop = sizes < largest[label_of]
     drop[0] = False
-    crop[drop[components]] = background
+    return drop[components].reshape(labels.shape)
 
 
 def keep_largest_component(segmentation: np.ndarray, labels: Sequence[int] | None = None) -> np.ndarray:
-    """Return a copy of ``segmentation`` (integer label map, any shape) in which each label of ``labels`` keeps only
-    its largest connected component (full connectivity; all components tied for largest are kept); the other voxels
-    of that label become 0. ``labels=None`` means every label > 0 present. Labels not in ``labels`` are unchanged."""
+    """Return a copy of ``segmentation`` (integer label map of at most 3 axes) in which each label of ``labels`` keeps
+    only its largest connected component (full connectivity; all components tied for largest are kept); the other
+    voxels of that label become 0. ``labels=None`` means every label > 0 present. Labels not in ``labels`` are unchanged."""
     seg = np.array(segmentation, copy=True)
     _check_label_map(seg)
-    if seg.size == 0:
+    if seg.size == 0 or not seg.any():
         return seg
-    boxes = ndimage.find_objects(seg)  # boxes[k - 1] bounds label k (None where absent)
-    wanted = range(1, len(boxes) + 1) if labels is None else [int(v) for v in labels]
-    for label in wanted:
-        if label < 1 or label > len(boxes) or boxes[label - 1] is None:
-            continue
-        crop = seg[boxes[label - 1]]  # a view: changes go to seg
-        _drop_small_components(crop, crop == label, 0)
+    chosen = seg if labels is None else np.where(np.isin(seg, [int(v) for v in labels if int(v) >= 1]), seg, 0)
+    seg[_outside_largest(chosen)] = 0
     return seg
 
 
@@ -80,10 +84,9 @@ def keep_largest_component_of_union(segmentation: np.ndarray, labels_or_regions,
     items = labels_or_regions if isinstance(labels_or_regions, list) else [labels_or_regions]
     values = sorted({int(v) for item in items for v in (np.atleast_1d(item))})
     mask = np.isin(seg, values)
-    box = ndimage.find_objects(mask.astype(np.uint8))
-    if not box or box[0] is None:
+    if not mask.any():
         return seg
-    _drop_small_components(seg[box[0]], mask[box[0]], background_label)
+    seg[_outside_largest(mask.view(np.uint8))] = background_label
     return seg
 
 
