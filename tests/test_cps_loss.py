@@ -261,7 +261,7 @@ def test_cps_terms_use_the_given_cross_loss():
     rng = np.random.default_rng(4)
     o1, o2 = _random_outputs(rng, 2), _random_outputs(rng, 2)
     y = [torch.zeros((2, 1, *o.shape[2:]), dtype=torch.float64) for o in o1]
-    ce = lambda s, t: pseudo_label_cross_entropy(s, t, WEIGHTS)  # noqa: E731
+    ce = lambda s, t: pseudo_label_cross_entropy(s, t, WEIGHTS, 0.0)  # noqa: E731
     terms = cps_loss_terms(nnunet_loss(), o1, o2, y, o1, o2, cross_fn=ce)
     assert terms.cps_labeled_1.item() == pytest.approx(ce(o1, o2).item())
     assert terms.cps_unlabeled_2.item() == pytest.approx(ce(o2, o1).item())

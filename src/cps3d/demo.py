@@ -268,7 +268,7 @@ class Demo:
         common: dict[str, Any] = dict(iters_per_epoch=schedule["iters_per_epoch"], val_iters=schedule["val_iters"],
                                       lambda_ramp_epochs=schedule["lambda_ramp_epochs"],
                                       lambda_start_epoch=schedule.get("lambda_start_epoch", 0),
-                                      final_validation=False, save_every=1)
+                                      final_validation=False)
         cps = self._train_one("cps", TrainConfig(mode="cps", epochs=schedule["max_epochs"],
                                                  max_minutes=schedule["cps_minutes"], **common,
                                                  **self._objective("cps")), settings_key)

@@ -16,14 +16,15 @@ from cps3d.options import closest
 from cps3d.planning import DEFAULT_PLANS_NAME
 from cps3d.training.config import TrainConfig
 
-# the methods compared: TrainConfig fields on top of the shared settings (schedule and optimizer)
+_DEFAULT = TrainConfig()
+# the methods compared: TrainConfig fields on top of the shared settings (schedule and optimizer); the paper's cross
+# terms are TrainConfig's defaults
 METHODS: dict[str, dict[str, Any]] = {
     "baseline": {"mode": "supervised"},
-    "cps-paper": {"mode": "cps", "cps_loss": "dice_ce", "confidence": 0.0},
+    "cps-paper": {"mode": "cps", "cps_loss": _DEFAULT.cps_loss, "confidence": _DEFAULT.confidence},
     "cps": {"mode": "cps", **CPS_OBJECTIVE},
 }
 # SGD settings shared by every method: the demo's for runs of minutes, nnU-Net's (TrainConfig's defaults) otherwise
-_DEFAULT = TrainConfig()
 OPTIMIZERS: dict[str, dict[str, float]] = {
     "short": dict(SHORT_RUN_OPTIMIZER),
     "nnunet": {"initial_lr": _DEFAULT.initial_lr, "momentum": _DEFAULT.momentum},

@@ -22,7 +22,7 @@ class TrainConfig:
     """Everything that defines a training run besides the plans and the data.
 
     mode: ``cps`` (two networks, labeled + unlabeled batches) or ``supervised`` (one network, the paper's baseline).
-    epochs, iters_per_epoch, val_iters: nnU-Net's 1000 x 250 with 50 validation iterations by default.
+    epochs, iters_per_epoch, val_iters: nnU-Net's epochs, training and validation iterations per epoch by default.
     lambda_max, lambda_ramp_epochs: CPS weight rises linearly from 0 to ``lambda_max`` over ``lambda_ramp_epochs``
         epochs (None = half of ``epochs``), then stays. lambda_start_epoch: lambda is 0 for this many epochs before the
         ramp begins (0, the paper's, by default; a warm-up for short runs).

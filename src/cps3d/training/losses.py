@@ -91,7 +91,7 @@ def masked_cross_entropy(logits: Tensor, labels: Tensor, mask: Tensor | None = N
 
 
 def pseudo_label_cross_entropy(student: Outputs, teacher: Outputs, weights: Sequence[float],
-                               confidence: float = 0.0) -> Tensor:
+                               confidence: float) -> Tensor:
     """The ``"ce"`` cross term: sum over scales of ``weights[i]`` x the cross-entropy of the student's logits against
     the teacher's detached argmax, on voxels where the teacher's top probability is >= ``confidence`` (0: all)."""
     s, t = as_list(student), as_list(teacher)
