@@ -1,14 +1,18 @@
 """Benchmark: ``cps3d predict`` against stock nnU-Net's ``nnUNetPredictor``, same weights, same scans
 (DESIGN.md sections 5 and 8).
 
-Five ways to predict each scan (one network, network 1 of the model, one fold):
+Six ways to predict each scan (one network, network 1 of the model, one fold):
 
 1. stock nnU-Net with its defaults: step 0.5, mirroring (test-time augmentation) on;
 2. stock nnU-Net with the paper's settings: step 0.7, no mirroring;
 3. cps3d with the paper's protocol: step 0.7, no TTA, forced spacing ``paper`` (0.75 x 0.75 x 0.5 mm rule);
 4. cps3d with forced spacing off: step 0.7, no TTA (the like-for-like comparison with 2), exact path;
-5. as 4 on cps3d's fast path (``resampling="torch"``: nnU-Net's torch resampling on the network's device for the
-   image and the export); its label map is compared with 2's voxel by voxel and organ by organ (DSC).
+5. as 4 on cps3d's fastest path (``resampling="torch"``: nnU-Net's torch resampling on the network's device for the
+   image and the export);
+6. as 4 with ``resampling="torch-export"``: the image resampled by nnU-Net's preprocessing (the plans' cubic spline),
+   the export on nnU-Net's torch resampling.
+
+The label maps of 5 and 6 are compared with 2's voxel by voxel and organ by organ (DSC).
 
 Stock nnU-Net has no post-processing, so cps3d runs with post-processing OFF here (``postprocess=False``), with its
 default low-memory export. Stock: ``nnUNetPredictor.manual_initialization`` + ``predict_from_files_sequential``
@@ -113,7 +117,7 @@ TINY_PLAN_DATASET = (984, "BenchInferTiny")
 class Variant:
     """One way to predict. ``impl``: ``stock`` (nnUNetPredictor) or ``ours`` (cps3d.inference.predict);
     ``forced``: a forced-spacing preset name or None (off); ``resampling``: cps3d's ``exact`` path (the plans'
-    resampling, identical to stock) or its fast ``torch`` path."""
+    resampling, identical to stock), its ``torch-export`` or its ``torch`` path (cps3d.inference.fast)."""
 
     key: str
     name: str
@@ -131,7 +135,10 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("4", "cps3d, forced spacing off (step 0.7, no TTA)", "ours", 0.7, False, None),
     Variant("5", "cps3d fast path (torch resampling), forced spacing off (step 0.7, no TTA)", "ours", 0.7, False, None,
             "torch"),
+    Variant("6", "cps3d torch export (nnU-Net's preprocessing, torch export), forced spacing off (step 0.7, no TTA)",
+            "ours", 0.7, False, None, "torch-export"),
 )
+FAST = ("5", "6")  # the torch paths, compared with 2 (same settings)
 BY_KEY = {v.key: v for v in VARIANTS}
 
 
@@ -572,7 +579,7 @@ def compare_outputs(runs: list[dict], scans: dict[str, dict]) -> dict:
             if r is None:
                 continue
             seg, img = _read_labels(r["seg"])
-            if v.key in ("4", "5") and stock_same is not None:  # same settings as 2 (4: identical maps expected)
+            if v.key in ("4", *FAST) and stock_same is not None:  # same settings as 2 (4: identical maps expected)
                 other = _read_labels(stock_same["seg"])[0]
                 if other.shape == seg.shape:
                     result[case][f"voxels_{v.key}_differing_from_2"] = int(np.count_nonzero(other != seg))
@@ -686,32 +693,9 @@ def report(result: dict) -> str:
             if on_gpu:
                 q = ratio(med(case, "4", "gpu_peak_allocated_mb"), med(case, "2", "gpu_peak_allocated_mb"))
                 rows.append([case, "peak GPU memory 4 / 2", f"{q:.3f}", "(no target)", ""])
-        if {"2", "5"} <= have:
-            d = dsc.get(case, {})
-            q = ratio(tmed("5"), tmed("2"))
-            rows.append([case, "time 5 / 2 (fast path vs stock, same settings)", f"{q:.3f}",
-                         f"<= {TARGET_FAST_RATIO}", _met(q <= TARGET_FAST_RATIO)])
-            q = ratio(med(case, "5", "peak_rss_mb"), med(case, "2", "peak_rss_mb"))
-            rows.append([case, "peak RSS 5 / 2", f"{q:.3f}", f"<= {TARGET_FAST_RATIO}", _met(q <= TARGET_FAST_RATIO)])
-            if {"4"} <= have:
-                q = ratio(tmed("5"), tmed("4"))
-                rows.append([case, "time 5 / 4 (fast path vs exact path)", f"{q:.3f}", "(no target)", ""])
-            agree = d.get("agreement_5_vs_2")
-            rows.append([case, "label maps 5 vs 2: voxels that agree", "n/a" if agree is None else f"{agree:.5f}",
-                         f">= {TARGET_FAST_AGREEMENT}", "n/a" if agree is None else _met(agree >= TARGET_FAST_AGREEMENT)])
-            organs = d.get("dsc_per_label_5_vs_2") or {}
-            if organs:
-                worst = min(organs, key=lambda k: organs[k])
-                rows.append([case, f"label maps 5 vs 2: lowest organ DSC (label {worst}; {len(organs)} labels)",
-                             f"{organs[worst]:.4f}", f">= {TARGET_FAST_DSC}", _met(organs[worst] >= TARGET_FAST_DSC)])
-            if on_gpu:
-                q = ratio(med(case, "5", "gpu_peak_allocated_mb"), med(case, "2", "gpu_peak_allocated_mb"))
-                rows.append([case, "peak GPU memory 5 / 2", f"{q:.3f}", "(no target)", ""])
-                t5, g5 = tmed("5"), med(case, "5", "gpu_peak_allocated_mb")
-                rows.append([case, "fast path: seconds per case (FLARE 2022 winner: 14.6 s)", f"{t5:.2f}",
-                             f"<= {TARGET_GPU_SECONDS:g}", _met(t5 <= TARGET_GPU_SECONDS)])
-                rows.append([case, "fast path: peak GPU memory allocated [MB]", f"{g5:.0f}",
-                             f"<= {TARGET_GPU_MB}", _met(g5 <= TARGET_GPU_MB)])
+        for f in FAST:
+            if {"2", f} <= have:
+                rows += _fast_rows(case, f, have, dsc.get(case, {}), tmed, med, on_gpu)
         if {"1", "3"} <= have:
             q = ratio(tmed("3"), tmed("1"))
             rows.append([case, "time 3 / 1 (paper protocol vs stock defaults)", f"{q:.3f}",
@@ -749,6 +733,39 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _fast_rows(case: str, f: str, have: set[str], d: dict, tmed, med, on_gpu: bool) -> list[list[str]]:
+    """Ratio rows of torch variant ``f`` (5 or 6) against stock with the same settings (2): time, peak RSS,
+    agreement of the label maps (voxels, every organ's DSC) and, on CUDA, GPU memory and seconds per case."""
+    name = BY_KEY[f].resampling
+    rows = []
+    q = ratio(tmed(f), tmed("2"))
+    rows.append([case, f"time {f} / 2 ({name} vs stock, same settings)", f"{q:.3f}", f"<= {TARGET_FAST_RATIO}",
+                 _met(q <= TARGET_FAST_RATIO)])
+    q = ratio(med(case, f, "peak_rss_mb"), med(case, "2", "peak_rss_mb"))
+    rows.append([case, f"peak RSS {f} / 2", f"{q:.3f}", f"<= {TARGET_FAST_RATIO}", _met(q <= TARGET_FAST_RATIO)])
+    if "4" in have:
+        q = ratio(tmed(f), tmed("4"))
+        rows.append([case, f"time {f} / 4 ({name} vs exact path)", f"{q:.3f}", "(no target)", ""])
+    agree = d.get(f"agreement_{f}_vs_2")
+    rows.append([case, f"label maps {f} vs 2: voxels that agree", "n/a" if agree is None else f"{agree:.5f}",
+                 f">= {TARGET_FAST_AGREEMENT}", "n/a" if agree is None else _met(agree >= TARGET_FAST_AGREEMENT)])
+    organs = d.get(f"dsc_per_label_{f}_vs_2") or {}
+    if organs:
+        worst = min(organs, key=lambda k: organs[k])
+        every = ", ".join(f"{k}: {organs[k]:.4f}" for k in sorted(organs, key=int))
+        rows.append([case, f"label maps {f} vs 2: every organ's DSC ({every})", f"{organs[worst]:.4f} (lowest, label "
+                     f"{worst})", f">= {TARGET_FAST_DSC}", _met(organs[worst] >= TARGET_FAST_DSC)])
+    if on_gpu:
+        q = ratio(med(case, f, "gpu_peak_allocated_mb"), med(case, "2", "gpu_peak_allocated_mb"))
+        rows.append([case, f"peak GPU memory {f} / 2", f"{q:.3f}", "(no target)", ""])
+        seconds, mb = tmed(f), med(case, f, "gpu_peak_allocated_mb")
+        rows.append([case, f"{name}: seconds per case (FLARE 2022 winner: 14.6 s)", f"{seconds:.2f}",
+                     f"<= {TARGET_GPU_SECONDS:g}", _met(seconds <= TARGET_GPU_SECONDS)])
+        rows.append([case, f"{name}: peak GPU memory allocated [MB]", f"{mb:.0f}", f"<= {TARGET_GPU_MB}",
+                     _met(mb <= TARGET_GPU_MB)])
+    return rows
+
+
 def _dsc(entry: dict, against: str) -> str:
     """A DSC cell: the mean, with '(both empty)' when neither map had a foreground label."""
     value = entry.get(f"dsc_vs_{against}")
@@ -778,7 +795,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cases", nargs="+", choices=CASES, help="scans to predict (default: thin thick real; "
                    "--tiny: small real)")
     p.add_argument("--variants", nargs="+", choices=[v.key for v in VARIANTS], default=[v.key for v in VARIANTS],
-                   help="variants to run (default: all five)")
+                   help="variants to run (default: all six)")
     p.add_argument("--repeats", type=int, help="alternating runs per variant and case (default 2; --tiny: 1)")
     p.add_argument("--v1-repeats", type=int, default=1,
                    help="runs of variant 1 (stock defaults: 8 mirrorings, by far the slowest; its ratio target, 0.2, "

@@ -92,10 +92,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="also write probabilities like nnU-Net (CASE.npz + CASE.pkl); needs memory for all classes")
     # no argparse choices: the option set is cps3d.inference.fast.RESAMPLINGS, which PredictConfig checks (importing
     # it here would import torch for every command line)
-    p.add_argument("--resampling", metavar="torch|exact",
-                   help="torch: the fast path, nnU-Net's torch resampling (linear, float32) on the network's device "
-                   "for the scan and for the export, label maps close to stock nnU-Net's; exact: the plans' resampling, "
-                   f"label maps identical to stock nnU-Net's (default {_default('resampling')})")
+    p.add_argument("--resampling", metavar="exact|torch-export|torch",
+                   help="exact: the plans' resampling of the scan and of the export, label maps identical to stock "
+                   "nnU-Net's; torch-export: the scan resampled as nnU-Net does (cubic spline), the export on "
+                   "nnU-Net's torch resampling (one class at a time, on the network's device: the logits stay on the "
+                   "GPU with CUDA), label maps nearly identical to stock's; torch: nnU-Net's torch resampling (linear, "
+                   "float32) for the scan too, the fastest, label maps close to stock's. Agreement and speed of each: "
+                   f"benchmarks/README.md (default {_default('resampling')})")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--part-id", type=int, metavar="K",
                    help=f"predict only share K of --num-parts (default {_default('part_id')})")

@@ -38,9 +38,11 @@ class PredictConfig:
     of each label in ``postprocess_labels`` (None: all; nnU-Net's ``postprocessing.pkl`` when the model folder has
     one). save_probabilities: also write nnU-Net's ``CASE.npz`` + ``CASE.pkl``. export_mode: ``low_memory`` (one
     class at a time) or ``nnunet`` (all classes at once; always so with probabilities) for the exact path.
-    resampling: ``torch`` (the fast path: nnU-Net's torch resampling on the network's device, for the image and for
-    the export; :mod:`cps3d.inference.fast`) or ``exact`` (the plans' resampling, label maps identical to stock
-    nnU-Net's); with ``save_probabilities`` the export is nnU-Net's in both. overwrite: predict cases whose
+    resampling (one of :data:`cps3d.inference.fast.RESAMPLINGS`): ``exact`` (the plans' resampling of the scan and of
+    the export, label maps identical to stock nnU-Net's), ``torch-export`` (the scan resampled by nnU-Net's own
+    preprocessing, the export on nnU-Net's torch resampling on the network's device, one class at a time) or
+    ``torch`` (nnU-Net's torch resampling on the network's device for the scan too); :mod:`cps3d.inference.fast`.
+    With ``save_probabilities`` the export is nnU-Net's in all three. overwrite: predict cases whose
     output exists. part_id / num_parts: predict only every ``num_parts``-th case from ``part_id`` (sorted case ids).
     num_processes: worker processes for reading and for export (1: everything in this process). progress: show a
     progress bar.
@@ -86,10 +88,9 @@ class PredictConfig:
             raise ValueError(f"export_mode={self.export_mode!r}: choose one of {', '.join(EXPORT_MODES)}")
         # imported here, not with the module: cps3d.inference.fast imports torch, and the CLI reads this class's
         # defaults for every command line's help
-        from cps3d.inference.fast import RESAMPLINGS
+        from cps3d.inference.fast import check_resampling
 
-        if self.resampling not in RESAMPLINGS:
-            raise ValueError(f"resampling={self.resampling!r}: choose one of {', '.join(RESAMPLINGS)}")
+        check_resampling(self.resampling)
         if not isinstance(self.num_parts, int) or not isinstance(self.part_id, int) or self.num_parts < 1 \
                 or not 0 <= self.part_id < self.num_parts:
             raise ValueError(f"part_id={self.part_id!r}, num_parts={self.num_parts!r}: need num_parts >= 1 and "

@@ -1,21 +1,32 @@
-"""The fast inference path: nnU-Net's own torch resampling (``resample_torch_fornnunet``), run on the device the
-network runs on, for the scan's resampling to the plan spacing and for the export of the logits to the scan's grid.
+"""The fast inference paths: nnU-Net's own torch resampling (``resample_torch_fornnunet``), run on the device the
+network runs on, for the export of the logits to the scan's grid and, on the fastest path, for the scan's resampling
+to the plan spacing too.
 
-The exact path (``resampling="exact"``) uses the plans' resampling functions, nnU-Net's scipy/skimage ones (cubic
-spline for the image, linear for the logits, in float64 on the CPU): its label maps are identical to stock nnU-Net's.
-The fast path differs in two places only and is otherwise nnU-Net's pipeline:
+Three resamplings (:data:`RESAMPLINGS`, the one option set of ``PredictConfig.resampling`` and ``--resampling``):
 
-- preprocessing: nnU-Net's ``DefaultPreprocessor.run_case_npy`` reads, transposes, crops and normalises as always,
-  but its resampling is deferred (:class:`DeferredResampling`) and done by :func:`resample_to_plan` with linear
-  interpolation in float32 on the network's device; the nonzero mask that nnU-Net resamples too (it is used in
-  training only) is not resampled;
-- export (:func:`segmentation_torch`): the logits are resampled to the scan's grid one class at a time with
-  ``resample_torch_fornnunet`` (linear, float32, on the device), keeping a running argmax, so that no more than one
-  class is held at full resolution; only the label map (uint8) comes back to the CPU.
+- ``exact``: the plans' resampling functions, nnU-Net's scipy/skimage ones (cubic spline for the image, linear for
+  the logits, in float64 on the CPU): label maps identical to stock nnU-Net's;
+- ``torch-export``: the scan resampled exactly as nnU-Net does (its own preprocessing, the plans' cubic spline), the
+  export on nnU-Net's torch resampling (:func:`segmentation_torch`);
+- ``torch``: as ``torch-export``, and the scan's resampling on torch as well (:class:`DeferredResampling`,
+  :func:`resample_to_plan`).
+
+The torch pieces, otherwise nnU-Net's pipeline:
+
+- preprocessing (``torch`` only): nnU-Net's ``DefaultPreprocessor.run_case_npy`` reads, transposes, crops and
+  normalises as always, but its resampling is deferred (:class:`DeferredResampling`) and done by
+  :func:`resample_to_plan` with linear interpolation in float32 on the network's device; the nonzero mask that
+  nnU-Net resamples too (it is used in training only) is not resampled;
+- export (``torch`` and ``torch-export``, :func:`segmentation_torch`): the logits are resampled to the scan's grid one
+  class at a time with ``resample_torch_fornnunet`` (linear, float32, on the device), keeping a running argmax, so
+  that no more than one class is held at full resolution; only the label map (uint8) comes back to the CPU. On CUDA
+  the logits stay on the GPU from the sliding window to the export.
 
 Both follow the plans' rule for anisotropic spacing (``force_separate_z`` of the plans, nnU-Net's anisotropy
 threshold): in-plane linear, nearest between slices, as nnU-Net's torch resampling does it. The label maps then
-differ from stock nnU-Net's at some boundary voxels; ``benchmarks/inference.py`` measures by how much.
+differ from stock nnU-Net's at some boundary voxels: the scan's resampling (linear instead of cubic spline) causes
+nearly all of the difference, the export very little; ``benchmarks/inference.py`` and ``tests/test_predict.py``
+measure by how much.
 """
 
 from __future__ import annotations
@@ -27,10 +38,29 @@ import torch
 from nnunetv2.preprocessing.resampling.resample_torch import resample_torch_fornnunet
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-__all__ = ["RESAMPLINGS", "DeferredResampling", "resample_to_plan", "segmentation_torch"]
+from cps3d.options import check_choice
 
-# "torch": the fast path (this module); "exact": the plans' resampling functions (identical to stock nnU-Net)
-RESAMPLINGS = ("torch", "exact")
+__all__ = ["RESAMPLINGS", "check_resampling", "torch_preprocessing", "torch_export", "DeferredResampling",
+           "resample_to_plan", "segmentation_torch"]
+
+# "exact": the plans' resampling functions (identical to stock nnU-Net); "torch-export": the plans' resampling of the
+# scan, torch's of the logits; "torch": torch's for both (module docstring)
+RESAMPLINGS = ("exact", "torch-export", "torch")
+
+
+def check_resampling(resampling: str) -> str:
+    """``resampling`` if it is one of :data:`RESAMPLINGS`, else a ValueError naming the choices."""
+    return check_choice("resampling", resampling, RESAMPLINGS)
+
+
+def torch_preprocessing(resampling: str) -> bool:
+    """Whether ``resampling`` resamples the scan to the plan spacing with torch (else nnU-Net's preprocessing)."""
+    return check_resampling(resampling) == "torch"
+
+
+def torch_export(resampling: str) -> bool:
+    """Whether ``resampling`` exports the logits with torch (:func:`segmentation_torch`; else nnU-Net's resampling)."""
+    return check_resampling(resampling) in ("torch", "torch-export")
 
 
 class DeferredResampling(ConfigurationManager):

@@ -39,7 +39,7 @@ from cps3d.files import check_output_folder, read_json, write_json
 from cps3d.images import format_values
 from cps3d.inference.config import PROTOCOLS, CaseFailure, CaseResult, PredictConfig, PredictionReport
 from cps3d.inference.export import ExportJob, ExportResult, export_case, output_paths
-from cps3d.inference.fast import resample_to_plan, segmentation_torch
+from cps3d.inference.fast import resample_to_plan, segmentation_torch, torch_export
 from cps3d.inference.inputs import Case, list_cases, select_part
 from cps3d.inference.model import LoadedModel, load_model
 from cps3d.inference.postprocessing import Postprocessing
@@ -72,7 +72,7 @@ class CPSPredictor(nnUNetPredictor):
     instead of logits (module docstring). Everything else, including the loop over parameter sets, is nnU-Net's."""
 
     average = "probabilities"
-    keep_on_device = False  # the fast path: the logits stay on the network's device for the export
+    keep_on_device = False  # the torch export: the logits stay on the network's device for it
 
     def _averages_probabilities(self) -> bool:
         return self.average == "probabilities" and len(self.list_of_parameters or ()) > 1
@@ -119,7 +119,7 @@ def make_predictor(model: LoadedModel, config: PredictConfig):
     if said.getvalue().strip():
         log.debug("nnU-Net: %s", said.getvalue().strip())
     predictor.average = config.ensemble_average
-    predictor.keep_on_device = config.resampling == "torch" and not config.save_probabilities
+    predictor.keep_on_device = torch_export(config.resampling) and not config.save_probabilities
     pm = model.plans_manager
     cm = pm.get_configuration(model.configuration)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -288,7 +288,7 @@ class _Runner:
         p = self.predictor
         try:
             data = torch.from_numpy(prepared.pop("data"))
-            if "resample_target" in prepared:  # the fast path: to the plan spacing on the network's device
+            if "resample_target" in prepared:  # resampling="torch": to the plan spacing on the network's device
                 data = resample_to_plan(data, prepared["resample_target"], p.configuration_manager, p.device)
             logits = p.predict_logits_from_preprocessed_data(data)
             del data
@@ -296,7 +296,7 @@ class _Runner:
             self.fail(case, e, "prediction failed")
             return None
         result.predict_seconds = time.perf_counter() - t0
-        if self.config.resampling == "torch" and not self.config.save_probabilities:
+        if torch_export(self.config.resampling) and not self.config.save_probabilities:
             t0 = time.perf_counter()
             try:  # the export's resampling where the logits are; workers only post-process and write
                 job.label_map = segmentation_torch(logits, p.plans_manager, p.configuration_manager, p.label_manager,

@@ -13,7 +13,7 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from cps3d.images import error_text, verify_image
-from cps3d.inference.fast import RESAMPLINGS, DeferredResampling
+from cps3d.inference.fast import DeferredResampling, torch_preprocessing
 from cps3d.inference.forced_spacing import ForcedSpacing, force_spacing_on_properties
 from cps3d.inference.inputs import Case, read_dicom_series
 
@@ -66,14 +66,12 @@ def prepare_case(case: Case, plans: dict, configuration: str, dataset_json: dict
     :func:`cps3d.images.verify_image` (nnU-Net's SimpleITK reader turns a truncated NIfTI's missing voxels and NaN
     into zeros without a word), which names an empty, truncated or corrupt file, NaN or infinite voxels and an
     image of another dimensionality than the model's.
-    ``resampling="torch"`` (the fast path, :mod:`cps3d.inference.fast`): the image is left at its own resolution
+    ``resampling="torch"`` (the fastest path, :mod:`cps3d.inference.fast`): the image is left at its own resolution
     (cropped and normalised) and ``"resample_target"`` holds what :func:`cps3d.inference.fast.resample_to_plan`
-    needs to resample it on the network's device."""
+    needs to resample it on the network's device; ``exact`` and ``torch-export`` preprocess as nnU-Net does."""
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
-    if resampling not in RESAMPLINGS:
-        raise ValueError(f"resampling={resampling!r}: choose one of {', '.join(RESAMPLINGS)}")
-    if resampling == "torch":
+    if torch_preprocessing(resampling):  # also checks the value
         cm = DeferredResampling(cm)
     n_channels = len(dataset_json["channel_names"])
     if case.kind != "dicom":
