@@ -16,6 +16,8 @@ Settings (rows):
 - each with forced spacing ``off`` and ``paper``; one row with our default post-processing (largest component);
 - ``fast path (torch)``: ``resampling="torch"``, nnU-Net's torch resampling on the network's device for the scan and
   the export (:mod:`cps3d.inference.fast`), forced spacing ``off`` and ``paper``;
+- ``torch export``: ``resampling="torch-export"``, the scan resampled by nnU-Net's preprocessing, the export on
+  nnU-Net's torch resampling, forced spacing ``off`` and ``paper``;
 - ``stock nnU-Net``: ``nnUNetPredictor.predict_from_files_sequential``, same weights, step 0.7, no mirroring (--stock);
 - ``export only, C classes``: the low-memory and nnU-Net export paths on synthetic logits with C classes (random, fp16, at the
   network shape of the same scan), since memory of the export grows with the number of classes (--export-classes).
@@ -62,6 +64,8 @@ SETTINGS = {
     "low-memory + post-processing, forced off": ("off", False, "low_memory", True, "exact"),
     "fast path (torch), forced off": ("off", False, "low_memory", False, "torch"),
     "fast path (torch), forced paper": ("paper", False, "low_memory", False, "torch"),
+    "torch export, forced off": ("off", False, "low_memory", False, "torch-export"),
+    "torch export, forced paper": ("paper", False, "low_memory", False, "torch-export"),
 }
 STOCK = "stock nnU-Net (step 0.7, no TTA)"
 EXPORT_ONLY = "export only"
@@ -150,7 +154,7 @@ def worker(spec: dict) -> dict:
     import torch
 
     from cps3d.inference.export import ExportJob, export_case
-    from cps3d.inference.fast import resample_to_plan, segmentation_torch
+    from cps3d.inference.fast import resample_to_plan, segmentation_torch, torch_export, torch_preprocessing
     from cps3d.inference.forced_spacing import parse_forced_spacing
     from cps3d.inference.inputs import Case
     from cps3d.inference.model import load_model
@@ -216,7 +220,7 @@ def worker(spec: dict) -> dict:
                                 resampling)
         network_shape = prepared["info"]["network_shape"]
         data = torch.from_numpy(prepared.pop("data"))
-        if resampling == "torch":  # as the predictor does it: to the plan spacing on the network's device
+        if torch_preprocessing(resampling):  # as the predictor does it: to the plan spacing on the network's device
             data = resample_to_plan(data, prepared["resample_target"], predictor.configuration_manager,
                                     predictor.device)
         phase("read+preprocess", t0, rss0)
@@ -226,12 +230,12 @@ def worker(spec: dict) -> dict:
         job = ExportJob("big", None, prepared["properties"], model.plans, model.configuration,
                         model.dataset_json, str(out), model.dataset_json["file_ending"], "plans", save_probabilities,
                         export_mode, Postprocessing.for_model(model.model_dir, postprocess))
-        if resampling != "torch":
+        if not torch_export(resampling):
             job.logits = logits.cpu().numpy()
             del logits
         phase("network", t0, rss0)
         t0, rss0 = time.perf_counter(), rss_mb()
-        if resampling == "torch":
+        if torch_export(resampling):
             job.label_map = segmentation_torch(logits, predictor.plans_manager, predictor.configuration_manager,
                                                predictor.label_manager, prepared["properties"])
             del logits

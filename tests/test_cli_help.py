@@ -14,7 +14,7 @@ DOCUMENTED = {
               "--lambda-ramp-epochs", "--lambda-start-epoch", "--lr-schedule", "--device", "--continue", "--num-gpus", "--results-root"],
     "predict": ["-i", "-o", "-m", "-f", "--branch", "--step-size", "--tta", "--no-tta", "--forced-spacing",
                 "--protocol", "--postprocess", "--no-postprocess", "--save-probabilities", "--part-id",
-                "--num-parts", "-np", "--overwrite", "--profile", "--device"],
+                "--num-parts", "-np", "--overwrite", "--profile", "--device", "--resampling"],
     "export": ["-m", "-o", "--branch", "-f", "--checkpoint", "--overwrite"],
     "evaluate": ["--pred", "--ref", "--dataset-json", "-o", "-np", "--default-tolerance", "--tolerances",
                  "--compare"],
@@ -187,3 +187,23 @@ def test_library_errors_are_usage_errors_with_the_message(tmp_path, capsys):
     assert main(["evaluate", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cps3d evaluate: error: ") and "a.json" in err and "Traceback" not in err
+
+
+def test_predict_resampling_help_and_choices_are_fast_pys(tmp_path, capsys):
+    """--resampling has no argparse choices (they would import torch for every --help): its help names every mode of
+    cps3d.inference.fast.RESAMPLINGS and a bad value is refused by PredictConfig's check, as a usage error with the
+    modes, before anything is read."""
+    from cps3d.inference.fast import RESAMPLINGS
+
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"--resampling {'|'.join(RESAMPLINGS)}" in out
+    for mode in RESAMPLINGS:
+        assert f"{mode}:" in out or f"{mode} (default):" in out, mode
+    code = main(["predict", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tmp_path), "--resampling",
+                 "torch_export", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"resampling='torch_export': choose one of {', '.join(RESAMPLINGS)} (did you mean 'torch-export'?)" in err
+    assert not (tmp_path / "out").exists()

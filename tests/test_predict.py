@@ -370,7 +370,7 @@ def test_postprocessing_keeps_one_component_per_label(model_dir, tmp_path):
     assert np.all((a == b) | (b == 0))  # post-processing only removes voxels
 
 
-# ------------------------------------------------------------------------------------------- the fast path (torch)
+# ------------------------------------------------------------------------- the torch paths (torch-export, torch)
 
 
 def _labels(path: Path) -> np.ndarray:
@@ -384,14 +384,15 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, dict[int, float]]:
                                     for k in labels}
 
 
+@pytest.mark.parametrize("resampling", ["torch-export", "torch"])
 @pytest.mark.parametrize("forced", [None, "paper"])
-def test_fast_path_outputs_are_on_the_input_grid(model_dir, scan_folder, tmp_path, forced):
-    config = PredictConfig(resampling="torch", forced_spacing=PRESETS[forced] if forced else None, **QUIET)
+def test_torch_paths_output_on_the_input_grid(model_dir, scan_folder, tmp_path, forced, resampling):
+    config = PredictConfig(resampling=resampling, forced_spacing=PRESETS[forced] if forced else None, **QUIET)
     report = predict([scan_folder], tmp_path, model_dir, config)
     assert_labels_on_input_grids(report, tmp_path, scan_folder)
     lps = next(r for r in report.predicted if r.case_id == "lps_int32")  # the same network input as the exact path
     assert lps.network_shape == ([13, 22, 22] if forced is None else [13, 15, 18])
-    assert json.loads((tmp_path / "cps3d_predict.json").read_text())["config"]["resampling"] == "torch"
+    assert json.loads((tmp_path / "cps3d_predict.json").read_text())["config"]["resampling"] == resampling
 
 
 def test_fast_path_without_resampling_equals_the_exact_path(model_dir, scan_folder, tmp_path):
@@ -430,14 +431,49 @@ def test_fast_export_agrees_with_nnunets_export(model_dir, scan_folder):
         assert dsc and min(dsc.values()) >= 0.995, (name, dsc)
 
 
-def test_fast_path_agreement_with_the_exact_path(model_dir, scan_folder, tmp_path):
-    """The whole fast path against the exact path (equal to stock nnU-Net) on the test scans. Most of the difference
-    comes from the image's resampling (linear in torch, cubic spline in nnU-Net's plans) and this barely trained
-    network is sensitive to it: measured 0.957-0.987 of the voxels here, below issue 14's 0.999, which is why the
-    exact path stays the default. The bound below catches a broken path (a wrong axis or grid gives far less)."""
-    for resampling in ("exact", "torch"):
-        predict([scan_folder], tmp_path / resampling, model_dir, PredictConfig(resampling=resampling, **QUIET))
+@pytest.fixture(scope="module")
+def stock_maps(model_dir, scan_folder, tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    """The test scans (every orientation and voxel type above, and the shipped real CT) in one folder, and stock
+    nnU-Net's label maps of them: ``nnUNetPredictor`` with network 1's weights, step 0.7, no mirroring (cps3d
+    predict's defaults)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    scans = tmp_path_factory.mktemp("agreement_scans")
     for name in SCANS:
-        agreement, dsc = _agreement(_labels(tmp_path / "exact" / f"{name}.nii.gz"),
-                                    _labels(tmp_path / "torch" / f"{name}.nii.gz"))
-        assert agreement >= 0.9, (name, agreement)
+        (scans / f"{name}_0000.nii.gz").symlink_to(scan_folder / f"{name}_0000.nii.gz")
+    (scans / "ct_sm_0000.nii.gz").symlink_to(REAL_CT / "ct_sm_0000.nii.gz")
+    model = load_model(model_dir)
+    pm = model.plans_manager
+    stock = nnUNetPredictor(tile_step_size=0.7, use_mirroring=False, perform_everything_on_device=False,
+                            device=torch.device("cpu"), allow_tqdm=False)
+    stock.manual_initialization(model.build_network(), pm, pm.get_configuration(model.configuration),
+                                [model.parameters[0]], model.dataset_json, model.trainer_name, model.mirror_axes)
+    out = tmp_path_factory.mktemp("agreement_stock")
+    stock.predict_from_files(str(scans), str(out), overwrite=True, num_processes_preprocessing=1,
+                             num_processes_segmentation_export=1)
+    return scans, {name: _labels(out / f"{name}.nii.gz") for name in (*SCANS, "ct_sm")}
+
+
+@pytest.mark.parametrize("resampling", ["exact", "torch-export", "torch"])
+def test_agreement_with_stock_nnunet(model_dir, stock_maps, tmp_path, resampling, capsys):
+    """Each path against stock nnU-Net (same weights, step 0.7, no TTA) on every test scan: voxels with equal labels
+    and every organ's DSC between the two maps. exact: identical. torch-export: issue 14's bar for a default (99.9 %
+    of the voxels, every organ's DSC >= 0.995). torch: the scan's resampling (linear in torch, cubic spline in the
+    plans) costs more than this barely trained network tolerates (0.957-0.987 of the voxels measured), so only a
+    bound that catches a broken path (a wrong axis or grid gives far less) is asserted; the figures are printed."""
+    scans, stock = stock_maps
+    predict([scans], tmp_path, model_dir, PredictConfig(resampling=resampling, postprocess=False, **QUIET))
+    figures = {name: _agreement(reference, _labels(tmp_path / f"{name}.nii.gz")) for name, reference in stock.items()}
+    with capsys.disabled():  # the measured figures, for the README (pytest -s is not needed)
+        print(f"\n{resampling} vs stock nnU-Net: " + "; ".join(
+            f"{name} {agreement:.5f} (DSC " + ", ".join(f"{k}: {v:.4f}" for k, v in dsc.items()) + ")"
+            for name, (agreement, dsc) in figures.items()))
+    for name, (agreement, dsc) in figures.items():
+        assert dsc, f"{name}: stock nnU-Net predicts no organ here, the comparison would mean nothing"
+        if resampling == "exact":
+            assert agreement == 1.0, (name, agreement)
+        elif resampling == "torch-export":
+            assert agreement >= 0.999, (name, agreement)
+            assert min(dsc.values()) >= 0.995, (name, dsc)
+        else:
+            assert agreement >= 0.9, (name, agreement)

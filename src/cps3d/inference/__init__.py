@@ -7,7 +7,7 @@
 - :mod:`cps3d.inference.prepare`: reading and preprocessing one case for the network.
 - :mod:`cps3d.inference.predictor`: :func:`predict` (the API of ``cps3d predict``): the run over the cases.
 - :mod:`cps3d.inference.export`: one-class-at-a-time export on the original grid, probabilities like nnU-Net.
-- :mod:`cps3d.inference.fast`: the fast path, nnU-Net's torch resampling on the network's device.
+- :mod:`cps3d.inference.fast`: the torch paths (``torch-export``, ``torch``): nnU-Net's torch resampling.
 - :mod:`cps3d.inference.postprocessing`: largest connected component per label, or nnU-Net's decisions.
 
 Importing this package imports none of them: each public name below is imported on first use (the CLI reads

@@ -132,7 +132,7 @@ class CaseResult:
     assumed_spacing: list[float] | None
     network_shape: list[int]
     network_voxels: int
-    predict_seconds: float  # the network; on the fast path with the resampling to the plan spacing
+    predict_seconds: float  # the network; on the torch path with the resampling to the plan spacing
     export_seconds: float = 0.0
     labels: list[int] = field(default_factory=list)
 
