@@ -53,8 +53,8 @@ def test_export_runs_in_nnunets_own_predictor_and_matches_branch_1(tiny_project,
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     assert main(["predict", "-i", str(scans), "-o", str(tmp_path / "cps3d"), "-m", str(tiny_project.model_dir),
-                 "--branch", "1", "--protocol", "nnunet", "--no-postprocess", "--device", "cpu", "-np", "1",
-                 "--no-progress"]) == 0
+                 "--branch", "1", "--protocol", "nnunet", "--resampling", "exact", "--no-postprocess", "--device",
+                 "cpu", "-np", "1", "--no-progress"]) == 0
     for name in ("aniso", "ras"):
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cps3d" / f"{name}.nii.gz")))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "nnunet" / f"{name}.nii.gz")))

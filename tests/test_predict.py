@@ -146,7 +146,7 @@ def test_branch_1_equals_stock_nnunet(model_dir, tmp_path):
     write_scan(scans / "iso_0000.nii.gz", (40, 40, 31), (1.1, 1.7, 2.5), dtype=np.float32, seed=2)
     ours = tmp_path / "ours"
     predict([scans], ours, model_dir,
-            PredictConfig(step_size=0.5, use_mirroring=True, postprocess=False, **QUIET))
+            PredictConfig(step_size=0.5, use_mirroring=True, postprocess=False, resampling="exact", **QUIET))
     model = load_model(model_dir)
     pm = model.plans_manager
     stock = nnUNetPredictor(tile_step_size=0.5, use_mirroring=True, perform_everything_on_device=False,
@@ -399,7 +399,7 @@ def test_fast_path_without_resampling_equals_the_exact_path(model_dir, scan_fold
     """A scan on the plan spacing is resampled by neither path: the fast path's crop, normalisation, transposes and
     export then give exactly the exact path's label map (which equals stock nnU-Net's)."""
     scan = scan_folder / "ras_int16_0000.nii.gz"  # 1.5 x 1.5 x 3 mm, the plan spacing
-    predict([scan], tmp_path / "exact", model_dir, PredictConfig(**QUIET))  # the default
+    predict([scan], tmp_path / "exact", model_dir, PredictConfig(resampling="exact", **QUIET))
     assert main(["predict", "-i", str(scan), "-o", str(tmp_path / "torch"), "-m", str(model_dir), "--resampling",
                  "torch", "--device", "cpu", "-np", "1", "--no-progress"]) == 0
     a, b = _labels(tmp_path / "exact" / "ras_int16.nii.gz"), _labels(tmp_path / "torch" / "ras_int16.nii.gz")

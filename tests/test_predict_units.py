@@ -260,6 +260,7 @@ def test_nnunet_postprocessing_file_is_used_when_present(tmp_path):
 def test_config_defaults_follow_the_paper_and_protocols():
     c = PredictConfig()
     assert (c.step_size, c.use_mirroring, c.forced_spacing, c.branch, c.postprocess) == (0.7, False, None, "1", True)
+    assert c.resampling == "torch-export"  # issue 14's rule: it meets the agreement bar and is faster than exact
     paper = PredictConfig.for_protocol("paper")
     assert (paper.step_size, paper.use_mirroring) == (0.7, False)
     assert paper.forced_spacing is PROTOCOLS["paper"]["forced_spacing"]
