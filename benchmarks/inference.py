@@ -56,7 +56,7 @@ Models (the same weights for all variants):
     python benchmarks/inference.py                  # CPU default: thin, thick, real; 2 repeats; about 16 minutes
     python benchmarks/inference.py --device cuda --paper-size --cases thin --repeats 2 --json inference.json
     python benchmarks/inference.py --profile        # adds one cProfile'd run per case and variant: phase times
-    python benchmarks/inference.py --report inference.json                   # the tables of an earlier run again
+    python benchmarks/inference.py --report inference.json   # the tables of an earlier run (or its complete repeats)
 """
 
 from __future__ import annotations
@@ -728,8 +728,8 @@ def report(result: dict) -> str:
                                   "DSC cost vs 1 (4 - 3)", "DSC cost vs reference (4 - 3)"], rows), ""]
         if not model["trained"]:
             lines += ["The weights are untrained: the DSC costs above say nothing about accuracy.", ""]
-    lines += [f"Total benchmark time {result['total_s']:.0f} s (model and scans ready before it: "
-              f"{result['prepare_s']:.0f} s)."]
+    lines += [f"Total benchmark time {result['total_s']:.0f} s" + ("" if math.isnan(result["prepare_s"]) else
+              f" (model and scans ready before it: {result['prepare_s']:.0f} s)") + "."]
     return "\n".join(lines)
 
 
@@ -823,7 +823,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per worker process (default 1800)")
     p.add_argument("--json", type=Path, help="write the raw results and settings here")
-    p.add_argument("--report", type=Path, metavar="JSON", help="print the tables of an earlier --json result and stop")
+    p.add_argument("--report", type=Path, metavar="JSON", help="print the tables of an earlier --json result and stop "
+                   "(of a run stopped early: of its complete repeats)")
     args = p.parse_args(argv)
     if args.report is not None:
         return args
@@ -857,16 +858,37 @@ def _geometry(path: str) -> dict:
     return {"size": list(reader.GetSize()), "spacing": list(reader.GetSpacing())}
 
 
+def _complete_repeats(result: dict) -> dict | None:
+    """The result of a run stopped before its end (its JSON holds every finished run), cut to the repeats in which
+    every variant ran on every case, compared from the label maps the runs left in the work folder (each variant's
+    map is the same in every repeat); None if no repeat is complete."""
+    s = result["settings"]
+    done = 0
+    while done < s["repeats"]:
+        needed = {(c, k) for c in result["scans"] for k in s["variants"] if k != "1" or done < s["v1_repeats"]}
+        if not needed <= {(r["case"], r["variant"]) for r in result["runs"] if r["repeat"] == done}:
+            break
+        done += 1
+    if done == 0:
+        return None
+    runs = [r for r in result["runs"] if 0 <= r["repeat"] < done]
+    _log(f"{s['repeats']} repeat(s) asked for, {done} complete: the tables give those")
+    return {**result, "runs": runs, "settings": {**s, "repeats": done, "v1_repeats": min(s["v1_repeats"], done)},
+            "dsc": compare_outputs(runs, result["scans"]), "total_s": sum(r["wall_s"] for r in runs),
+            "prepare_s": math.nan}
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--worker":
         return worker_main(sys.argv[2])
     args = parse_args(argv)
     if args.report is not None:
         result = json.loads(args.report.read_text())
-        if "dsc" not in result:
-            print(f"error: {args.report} holds no finished benchmark (complete: {result.get('complete')})",
-                  file=sys.stderr)
-            return 2
+        if "dsc" not in result:  # a run stopped early: the tables of its complete repeats
+            result = _complete_repeats(result)
+            if result is None:
+                print(f"error: {args.report} holds no complete repeat", file=sys.stderr)
+                return 2
         print(report(result))
         return 0
     os.environ.setdefault("nnUNet_n_proc_DA", "0")

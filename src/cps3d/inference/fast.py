@@ -6,8 +6,8 @@ Three resamplings (:data:`RESAMPLINGS`, the one option set of ``PredictConfig.re
 
 - ``exact``: the plans' resampling functions, nnU-Net's scipy/skimage ones (cubic spline for the image, linear for
   the logits, in float64 on the CPU): label maps identical to stock nnU-Net's;
-- ``torch-export``: the scan resampled exactly as nnU-Net does (its own preprocessing, the plans' cubic spline), the
-  export on nnU-Net's torch resampling (:func:`segmentation_torch`);
+- ``torch-export`` (the default): the scan resampled exactly as nnU-Net does (its own preprocessing, the plans' cubic
+  spline), the export on nnU-Net's torch resampling (:func:`segmentation_torch`);
 - ``torch``: as ``torch-export``, and the scan's resampling on torch as well (:class:`DeferredResampling`,
   :func:`resample_to_plan`).
 
