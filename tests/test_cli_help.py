@@ -150,8 +150,10 @@ def test_predict_options_default_to_predict_configs(capsys):
     assert config_from_args(args) == PredictConfig(num_processes=args.num_processes)
     given = config_from_args(build_parser().parse_args(
         required + ["--protocol", "nnunet", "--step-size", "0.6", "--no-postprocess", "--branch", "2"]))
-    assert (given.step_size, given.use_mirroring, given.postprocess, given.branch) == (
-        0.6, PROTOCOLS["nnunet"]["use_mirroring"], False, "2")
+    assert (given.step_size, given.use_mirroring, given.postprocess, given.branch, given.resampling) == (
+        0.6, PROTOCOLS["nnunet"]["use_mirroring"], False, "2", "exact")
+    torch_path = config_from_args(build_parser().parse_args(required + ["--protocol", "nnunet", "--resampling", "torch"]))
+    assert torch_path.resampling == "torch"
     paper = config_from_args(build_parser().parse_args(required + ["--protocol", "paper"]))
     assert paper.forced_spacing == PROTOCOLS["paper"]["forced_spacing"] is not None
     off = config_from_args(build_parser().parse_args(required + ["--protocol", "paper", "--forced-spacing", "off"]))

@@ -266,7 +266,8 @@ def test_config_defaults_follow_the_paper_and_protocols():
     assert paper.forced_spacing is PROTOCOLS["paper"]["forced_spacing"]
     assert PredictConfig.for_protocol("paper", step_size=0.5).step_size == 0.5
     nn = PredictConfig.for_protocol("nnunet")
-    assert (nn.step_size, nn.use_mirroring, nn.forced_spacing) == (0.5, True, None)
+    assert (nn.step_size, nn.use_mirroring, nn.forced_spacing, nn.resampling) == (0.5, True, None, "exact")
+    assert PredictConfig.for_protocol("nnunet", resampling="torch").resampling == "torch"  # explicit options win
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -71,8 +71,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=tuple(PROTOCOLS),
                    help=f"a whole protocol: paper = step {paper['step_size']:g}, TTA "
                    f"{_on_off(paper['use_mirroring'])}, forced spacing paper; nnunet = step {nnunet['step_size']:g}, "
-                   f"TTA {_on_off(nnunet['use_mirroring'])}, no forced spacing. Explicit --step-size, --tta/--no-tta "
-                   "and --forced-spacing win over it")
+                   f"TTA {_on_off(nnunet['use_mirroring'])}, no forced spacing, resampling {nnunet['resampling']} "
+                   "(stock nnU-Net's label maps). Explicit options win over it")
     p.add_argument("--step-size", type=float, metavar="S", help="sliding-window step, fraction of the patch "
                    f"(default {_default('step_size'):g})")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction,

@@ -18,10 +18,11 @@ __all__ = ["AVERAGES", "PROTOCOLS", "PredictConfig", "CaseResult", "CaseFailure"
 
 AVERAGES = ("probabilities", "logits")
 
-# whole inference protocols selectable with one flag
+# whole inference protocols selectable with one flag; "nnunet" is stock nnU-Net's prediction, label maps identical
+# to nnUNetPredictor's with the same weights (hence its exact resampling)
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "paper": {"step_size": 0.7, "use_mirroring": False, "forced_spacing": PRESETS["paper"]},
-    "nnunet": {"step_size": 0.5, "use_mirroring": True, "forced_spacing": None},
+    "nnunet": {"step_size": 0.5, "use_mirroring": True, "forced_spacing": None, "resampling": "exact"},
 }
 
 
