@@ -137,24 +137,30 @@ def test_broken_dicom_series_fail_by_folder_and_the_others_go_on(model_dir, tmp_
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["good.nii.gz"]
 
 
-def test_branch_1_equals_stock_nnunet(model_dir, tmp_path):
-    """Forced spacing off, branch 1, step 0.5, mirroring on: the label maps equal nnU-Net's own predictor's."""
+def stock_predict(model_dir: Path, scans: Path, out: Path, step_size: float, use_mirroring: bool) -> None:
+    """Stock nnU-Net's prediction of every scan in ``scans`` into ``out``: ``nnUNetPredictor`` with network 1's
+    weights of the model in ``model_dir``, on the CPU, one process each for preprocessing and export."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    model = load_model(model_dir)
+    pm = model.plans_manager
+    stock = nnUNetPredictor(tile_step_size=step_size, use_mirroring=use_mirroring, perform_everything_on_device=False,
+                            device=torch.device("cpu"), allow_tqdm=False)
+    stock.manual_initialization(model.build_network(), pm, pm.get_configuration(model.configuration),
+                                [model.parameters[0]], model.dataset_json, model.trainer_name, model.mirror_axes)
+    stock.predict_from_files(str(scans), str(out), overwrite=True, num_processes_preprocessing=1,
+                             num_processes_segmentation_export=1)
+
+
+def test_branch_1_equals_stock_nnunet(model_dir, tmp_path):
+    """Forced spacing off, branch 1, step 0.5, mirroring on: the label maps equal nnU-Net's own predictor's."""
     scans = tmp_path / "scans"
     write_scan(scans / "aniso_0000.nii.gz", (34, 36, 16), (1.2, 1.3, 5.0), seed=1)  # ratio > 3: separate-z path
     write_scan(scans / "iso_0000.nii.gz", (40, 40, 31), (1.1, 1.7, 2.5), dtype=np.float32, seed=2)
     ours = tmp_path / "ours"
     predict([scans], ours, model_dir,
             PredictConfig(step_size=0.5, use_mirroring=True, postprocess=False, resampling="exact", **QUIET))
-    model = load_model(model_dir)
-    pm = model.plans_manager
-    stock = nnUNetPredictor(tile_step_size=0.5, use_mirroring=True, perform_everything_on_device=False,
-                            device=torch.device("cpu"), allow_tqdm=False)
-    stock.manual_initialization(model.build_network(), pm, pm.get_configuration(model.configuration),
-                                [model.parameters[0]], model.dataset_json, model.trainer_name, model.mirror_axes)
-    stock.predict_from_files(str(scans), str(tmp_path / "stock"), overwrite=True, num_processes_preprocessing=1,
-                             num_processes_segmentation_export=1)
+    stock_predict(model_dir, scans, tmp_path / "stock", step_size=0.5, use_mirroring=True)
     for name in ("aniso", "iso"):
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(ours / f"{name}.nii.gz")))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "stock" / f"{name}.nii.gz")))
@@ -436,21 +442,12 @@ def stock_maps(model_dir, scan_folder, tmp_path_factory) -> tuple[Path, dict[str
     """The test scans (every orientation and voxel type above, and the shipped real CT) in one folder, and stock
     nnU-Net's label maps of them: ``nnUNetPredictor`` with network 1's weights, step 0.7, no mirroring (cps3d
     predict's defaults)."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
     scans = tmp_path_factory.mktemp("agreement_scans")
     for name in SCANS:
         (scans / f"{name}_0000.nii.gz").symlink_to(scan_folder / f"{name}_0000.nii.gz")
     (scans / "ct_sm_0000.nii.gz").symlink_to(REAL_CT / "ct_sm_0000.nii.gz")
-    model = load_model(model_dir)
-    pm = model.plans_manager
-    stock = nnUNetPredictor(tile_step_size=0.7, use_mirroring=False, perform_everything_on_device=False,
-                            device=torch.device("cpu"), allow_tqdm=False)
-    stock.manual_initialization(model.build_network(), pm, pm.get_configuration(model.configuration),
-                                [model.parameters[0]], model.dataset_json, model.trainer_name, model.mirror_axes)
     out = tmp_path_factory.mktemp("agreement_stock")
-    stock.predict_from_files(str(scans), str(out), overwrite=True, num_processes_preprocessing=1,
-                             num_processes_segmentation_export=1)
+    stock_predict(model_dir, scans, out, step_size=0.7, use_mirroring=False)
     return scans, {name: _labels(out / f"{name}.nii.gz") for name in (*SCANS, "ct_sm")}
 
 
