@@ -2,7 +2,9 @@
 
 Protocol (the paper's ablation, Table 3, at toy scale):
 
-- one phantom dataset: a pool of labeled training phantoms, ``--val`` labeled validation phantoms that never train,
+- one phantom dataset: a pool of ``--pool`` labeled training phantoms (5 by default, whatever ``--labeled`` says, so
+  that ``--labeled 2`` trains and scores exactly the 2-labeled runs of the default benchmark), ``--val`` labeled
+  validation phantoms that never train,
   ``--unlabeled`` unlabeled phantoms and ``--test`` held-out test phantoms (``imagesTs``/``labelsTs``);
 - for each labeled count k in ``--labeled`` and each seed: the k training cases are the first k of a seeded random
   order of the pool (nested: the 2 cases of seed s are among its 5), written as one fold of ``splits_final.json``
@@ -60,7 +62,9 @@ def prepare(args):
 
     work = Path(args.work_dir)
     raw, pre = work / "raw", work / "preprocessed"
-    pool = max(args.labeled)
+    pool = args.pool
+    if max(args.labeled) > pool:
+        raise SystemExit(f"--labeled {max(args.labeled)} is larger than --pool {pool}: raise --pool (a new dataset)")
     folder = raw / f"Dataset{DATASET_ID:03d}_{NAME}"
     data_settings = {"pool": pool, "val": args.val, "unlabeled": args.unlabeled, "test": args.test,
                      "size": args.size, "seed": args.phantom_seed}
@@ -108,6 +112,9 @@ def header(args, summary: dict, methods: dict, wall: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--labeled", type=int, nargs="+", default=[2, 5], help="labeled counts (default 2 5)")
+    p.add_argument("--pool", type=int, default=5, help="labeled training phantoms the subsets are drawn from "
+                   "(default 5; it shapes the dataset, its fingerprint and plans, so it stays fixed when --labeled "
+                   "changes)")
     p.add_argument("--unlabeled", type=int, default=24)
     p.add_argument("--val", type=int, default=3, help="labeled validation phantoms (never train)")
     p.add_argument("--test", type=int, default=4, help="held-out test phantoms")
