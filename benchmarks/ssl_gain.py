@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                    "changes)")
     p.add_argument("--unlabeled", type=int, default=24)
     p.add_argument("--val", type=int, default=3, help="labeled validation phantoms (never train)")
-    p.add_argument("--test", type=int, default=4, help="held-out test phantoms")
+    p.add_argument("--test", type=int, default=20, help="held-out test phantoms (default 20). They are not part "
+                   "of the fingerprint, so their number changes no training; the first 4 are those of the earlier "
+                   "default of 4")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--size", default="small", help="phantom size (default small)")
     p.add_argument("--phantom-seed", type=int, default=0)
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="1 seed, 2 labeled, 10 x 20 iterations: a short check")
     p.add_argument("--work-dir", default="ssl_gain_work")
     p.add_argument("--json", default=None)
+    p.add_argument("--keep", action="store_true", help="keep every run's model (WORK_DIR/runs/RUN/results) to "
+                   "predict other phantoms with it later (cps3d predict -m)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the comparison's progress lines
     os.environ.setdefault("nnUNet_n_proc_DA", "0")  # augmentation in each run's process: the cores train
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
              "final_validation": False, **OPTIMIZERS[args.optimizer]}
     config = CompareConfig(labeled=tuple(args.labeled), seeds=tuple(args.seeds), methods=methods, train=train,
                            evaluate=tuple(args.evaluate), configuration=args.configuration, device=args.device,
-                           jobs=args.jobs, threads=args.threads, keep=False, progress=False)
+                           jobs=args.jobs, threads=args.threads, keep=args.keep, progress=False)
     result = run_compare(ds, pre, args.work_dir, config, split=split, train=not args.report_only)
     text = header(args, result.summary, methods, time.monotonic() - started) + "\n" + result.markdown
     publish({"machine": machine_info("cpu"), "args": vars(args), "plan": result.summary["plan"],
