@@ -29,6 +29,19 @@ def test_schedule_sizes_epochs_and_the_lambda_ramp(minutes, t_sup, t_cps, cps_mi
     assert s["max_epochs"] == 100 * epochs  # the clock stops training, not the epoch count
 
 
+def test_schedule_reserves_time_for_predicting_the_test_scans():
+    # 60 scans x runs at 12 supervised steps of 0.2 s each = 144 s = 2.4 min more reserve: training 12.6 - 2.4 =
+    # 10.2 min, CPS 10.2 x 0.8 / 1.08 = 7.5556 min = 453.3 s / 0.8 s = 566 iterations -> 28 per epoch, 20 epochs
+    s = training_schedule(15, "cpu", 0.2, 0.8, predictions=60)
+    assert s["cps_minutes"] == pytest.approx(7.5556, rel=1e-4)
+    assert (s["iters_per_epoch"], s["expected_epochs"]) == (28, 20)
+    # a machine twice as slow predicts twice as long: 4.8 min, training 7.8 min, CPS 5.7778 min
+    slow = training_schedule(15, "cpu", 0.4, 1.6, predictions=60)
+    assert slow["cps_minutes"] == pytest.approx(5.7778, rel=1e-4)
+    # the floor of half a minute of training holds however many scans there are
+    assert training_schedule(15, "cpu", 0.2, 0.8, predictions=10 ** 4)["cps_minutes"] == pytest.approx(0.5 * 0.8 / 1.08)
+
+
 def test_not_learned_lists_organs_below_the_threshold_in_every_run():
     def summary(**dsc):
         return {"per_target": {o: {"DSC_mean": v} for o, v in dsc.items()}}
