@@ -107,6 +107,26 @@ def test_config_refuses_what_is_not_a_comparison():
         CompareConfig(train={"seed": 3})
     with pytest.raises(ValueError, match="method 'x': confidence"):
         CompareConfig(methods={"b": {"mode": "supervised"}, "x": {"mode": "cps", "confidence": 2.0}})
+    with pytest.raises(ValueError, match="evaluate 'extra' scores the labeled cases of another dataset folder"):
+        CompareConfig(evaluate=("test", "extra"))
+    with pytest.raises(ValueError, match="evaluate 'extra' scores the labeled cases of another dataset folder"):
+        CompareConfig(extra="somewhere")
+
+
+def test_extra_cases_must_have_the_datasets_labels(tmp_path):
+    from cps3d.compare.pipeline import extra_cases
+
+    ds = RawDataset.load(write_toy_dataset(tmp_path / "a", labeled=2, unlabeled=1, test=0))
+    other = write_toy_dataset(tmp_path / "b", labeled=3, unlabeled=0, test=0, seed=1, dataset_id=902)
+    assert sorted(extra_cases(ds, other)) == ["toy_000", "toy_001", "toy_002"]
+    dj = json.loads((other / "dataset.json").read_text())
+    dj["labels"] = {"background": 0, "organ_a": 1}
+    (other / "dataset.json").write_text(json.dumps(dj))
+    with pytest.raises(ValueError, match=f"extra cases {other}: its labels .* are not those of {ds.folder}"):
+        extra_cases(ds, other)
+    empty = write_toy_dataset(tmp_path / "c", labeled=0, unlabeled=1, test=0, dataset_id=903)
+    with pytest.raises(ValueError, match="no labeled case"):
+        extra_cases(ds, empty)
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -172,8 +192,10 @@ def test_a_killed_comparison_resumes_without_retraining_finished_runs(tiny_proje
     from cps3d.compare import run_compare
 
     ds = RawDataset.from_root(str(tiny_project.raw_root), tiny_project.dataset_name)
-    config = CompareConfig(labeled=(2,), seeds=(0,), train=TINY_TRAIN, device="cpu", bootstrap=200,
-                           progress=False)
+    # and 2 labeled cases of another dataset, scored as extra validation cases (their names are the training cases')
+    extra = write_toy_dataset(tmp_path / "extra_raw", labeled=2, unlabeled=0, test=0, seed=5, dataset_id=902)
+    config = CompareConfig(labeled=(2,), seeds=(0,), train=TINY_TRAIN, evaluate=("test", "extra"), extra=str(extra),
+                           device="cpu", bootstrap=200, progress=False)
     out = tmp_path / "cmp"
     user_splits = _user_splits(tiny_project)
     real_train = training_run.train
@@ -224,6 +246,11 @@ def test_a_killed_comparison_resumes_without_retraining_finished_runs(tiny_proje
                                 for o in ("organ_a", "organ_b")]) for c in ("ts_000", "ts_001")])
     assert gain["mean"] == pytest.approx(by_hand) and gain["ci"][0] <= gain["mean"] + 1e-12 <= gain["ci"][1] + 2e-12
     assert gain["pairs"] == 2
+    # the extra cases are scored too, against their own references
+    for r in runs.values():
+        assert sorted(r["scores"]["extra"]["cases"]) == ["toy_000", "toy_001"]
+    refs = sorted((out / "labels_extra").iterdir())
+    assert [f.resolve() for f in refs] == sorted((extra / "labelsTr").resolve().iterdir())
     for kind in ("json", "csv", "md", "png"):
         assert result.files[kind].is_file() and result.files[kind].stat().st_size > 100
     assert "cps-paper - baseline, mean DSC" in result.markdown
@@ -287,7 +314,7 @@ def test_cli_passes_its_options_to_the_comparison(tiny_project, tmp_path, monkey
                  "--preprocessed-root", str(tiny_project.preprocessed_root), "-o", str(tmp_path / "c"),
                  "--labeled", "2", "4", "--seeds", "2", "--methods", "baseline", "cps", "--optimizer", "short",
                  "--epochs", "3", "--iters-per-epoch", "5", "--max-minutes", "1.5", "--device", "cuda",
-                 "--holdout", "1", "--jobs", "2", "--no-progress"])
+                 "--holdout", "1", "--jobs", "2", "--evaluate", "extra", "--extra", "elsewhere", "--no-progress"])
     assert code == 2 and "cps3d compare: error: stop here" in capsys.readouterr().err
     c = seen["config"]
     assert seen["ds"] == tiny_project.dataset_name and seen["holdout"] == 1 and seen["split"] is None
@@ -297,3 +324,4 @@ def test_cli_passes_its_options_to_the_comparison(tiny_project, tmp_path, monkey
     assert run["initial_lr"] == 0.1 and run["momentum"] == 0.9 and run["epochs"] == 3
     assert run["iters_per_epoch"] == 5 and run["seed"] == 1010 and run["cps_loss"] == "ce"
     assert run["final_validation"] is False
+    assert c.evaluate == ("extra",) and c.extra == "elsewhere"

@@ -59,7 +59,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "--evaluate val) (default: 0)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the held-out cases (default: 0)")
     p.add_argument("--split", metavar="FILE", help="use this split.json (from an earlier comparison) instead")
-    p.add_argument("--evaluate", choices=EVALUATE, help="score the test cases (default) or the validation cases")
+    p.add_argument("--evaluate", choices=EVALUATE, help="score the test cases (default), the validation cases, or "
+                   "the labeled cases of the --extra dataset")
+    p.add_argument("--extra", metavar="FOLDER", help="with --evaluate extra: a raw dataset folder with the same "
+                   "labels whose labeled cases (imagesTr/labelsTr) are scored as validation cases drawn apart from the "
+                   "dataset (in no fingerprint, no split, never trained)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--jobs", type=int, help=f"runs trained at once (default: {d.jobs})")
     p.add_argument("--threads", type=int, help="torch threads per run (default: 1 when --jobs > 1)")
@@ -87,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         options["methods"] = {m: METHODS[m] for m in args.methods}
     if args.evaluate:
         options["evaluate"] = (args.evaluate,)
+    if args.extra:
+        options["extra"] = args.extra
     train = dict(OPTIMIZERS[args.optimizer])
     train.update({k: getattr(args, k) for k in ("epochs", "iters_per_epoch", "val_iters")
                   if getattr(args, k) is not None})

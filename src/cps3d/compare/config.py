@@ -29,7 +29,9 @@ OPTIMIZERS: dict[str, dict[str, float]] = {
     "short": dict(SHORT_RUN_OPTIMIZER),
     "nnunet": {"initial_lr": _DEFAULT.initial_lr, "momentum": _DEFAULT.momentum},
 }
-EVALUATE = ("test", "val")  # which held-out cases are scored: the test set, or the validation cases (to choose settings)
+# which held-out cases are scored: the test set, the validation cases (to choose settings), or the labeled cases of
+# another dataset folder (``CompareConfig.extra``: more validation cases, in no fingerprint and no split)
+EVALUATE = ("test", "val", "extra")
 _TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 # set per run by the comparison itself, not by a method or the shared settings
 _PER_RUN = frozenset({"seed", "mode"})
@@ -83,7 +85,10 @@ class CompareConfig:
         cases); ``seed`` and ``mode`` are set per run.
     max_minutes: each CPS run stops after the epoch in which this much training time passed; the baseline of the
         same labeled cases then trains as many epochs as the shortest of them (equal iterations). None: no limit.
-    evaluate: the held-out cases scored, ``test`` and/or ``val`` (the first one is reported).
+    evaluate: the held-out cases scored, ``test``, ``val`` and/or ``extra`` (the first one is reported).
+    extra: a raw dataset folder with the same labels whose labeled cases (imagesTr/labelsTr) are scored as ``extra``:
+        validation cases drawn apart from the dataset, so that choosing settings needs no cases taken from training
+        or from the fingerprint. Required by ``extra`` in ``evaluate``, and only used there.
     device: ``cpu``, ``cuda`` or None (CUDA when available). jobs: runs trained at once (separate processes when > 1);
         threads: torch threads per run (None: 1 when ``jobs`` > 1, else torch's default).
     keep: keep each run's model and predictions (False: delete them once the run is scored).
@@ -97,6 +102,7 @@ class CompareConfig:
     train: Mapping[str, Any] = field(default_factory=dict)
     max_minutes: float | None = None
     evaluate: tuple[str, ...] = ("test",)
+    extra: str | None = None
     configuration: str = "3d_fullres"
     plans_name: str = DEFAULT_PLANS_NAME
     device: str | None = None
@@ -136,6 +142,9 @@ class CompareConfig:
         if not self.evaluate or any(e not in EVALUATE for e in self.evaluate) or len(set(self.evaluate)) != len(
                 self.evaluate):
             raise ValueError(f"evaluate={list(self.evaluate)}: choose from {', '.join(EVALUATE)}, each once")
+        if ("extra" in self.evaluate) != (self.extra is not None):
+            raise ValueError("evaluate 'extra' scores the labeled cases of another dataset folder: give both the "
+                             f"folder (extra={self.extra!r}) and 'extra' in evaluate={list(self.evaluate)}, or neither")
         if self.device not in (None, "cpu", "cuda"):
             raise ValueError(f"device={self.device!r}: choose cpu or cuda")
         if self.jobs < 1 or (self.threads is not None and self.threads < 1):

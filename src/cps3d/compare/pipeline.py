@@ -59,12 +59,35 @@ def resolve_split(ds, output: Path, split: Split | None, holdout: int | None, va
     return split
 
 
-def _references(ds, split: Split, output: Path, evaluate: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def extra_cases(ds, folder: str | os.PathLike) -> dict[str, dict]:
+    """The labeled cases of the dataset ``folder`` scored as ``extra``; ValueError unless its labels, channels and
+    file ending are the dataset's (the models and ``ds``'s dataset.json must fit them), or if it has none."""
+    from cps3d.dataset import RawDataset
+
+    other = RawDataset.load(folder)
+    for what, mine, theirs in (("labels", ds.dataset_json["labels"], other.dataset_json["labels"]),
+                               ("channels", ds.num_channels, other.num_channels),
+                               ("file ending", ds.file_ending, other.file_ending)):
+        if mine != theirs:
+            raise ValueError(f"extra cases {other.folder}: its {what} ({theirs}) are not those of {ds.folder} "
+                             f"({mine})")
+    cases = other.labeled_cases()
+    if not cases:
+        raise ValueError(f"extra cases {other.folder}: no labeled case in imagesTr/labelsTr")
+    return cases
+
+
+def _references(ds, split: Split, output: Path, evaluate: tuple[str, ...],
+                extra: str | None = None) -> dict[str, dict[str, Any]]:
     """``{split name: {"labels": folder holding only its reference files, "images": [channel files]}}``."""
     labeled, tests = ds.labeled_cases(), ds.test_cases()
     refs = {}
     for name in evaluate:
-        if name == "val":
+        if name == "extra":
+            assert extra is not None  # CompareConfig requires the folder with 'extra'
+            source = extra_cases(ds, extra)
+            ids = tuple(sorted(source))
+        elif name == "val":
             if not split.validation:
                 raise ValueError("evaluate 'val' needs validation cases; the split has none (declare some with "
                                  "--validation N)")
@@ -117,7 +140,7 @@ def run_compare(ds, preprocessed_root: str | os.PathLike, output: str | os.PathL
     subsets = nested_subsets(split.pool, counts, config.seeds)
     folds, splits = training_folds(split, subsets, counts, config.seeds)
     pre = linked_preprocessed(preprocessed_root, ds.name, output / "preprocessed_split", splits)
-    refs = _references(ds, split, output, config.evaluate)
+    refs = _references(ds, split, output, config.evaluate, config.extra)
     device = str(resolve_device(config.device))
     plan = plans["configurations"][config.configuration]
     common = {"dataset": ds.name, "pre": str(pre), "configuration": config.configuration,
@@ -130,6 +153,8 @@ def run_compare(ds, preprocessed_root: str | os.PathLike, output: str | os.PathL
         fold = folds[(k, seed)]
         settings = {"train": train, "split": splits[fold], "plan": settings_key(plan), "device": device,
                     "evaluate": {n: sorted(Path(f).name for f in r["images"]) for n, r in refs.items()}}
+        if config.extra is not None:  # only then, so that the runs of comparisons without it keep their keys
+            settings["extra"] = str(Path(config.extra).expanduser().resolve())
         return {**common, "key": settings_key(settings), "labeled": k, "seed": seed, "method": method,
                 "train": train, "fold": fold, "run_dir": str(output / "runs" / f"k{k}_s{seed}_{method}")}
 
