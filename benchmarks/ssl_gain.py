@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, machine_line, publish  # noqa: E402
 from cps3d.compare import METHODS, OPTIMIZERS, CompareConfig, Split, parse_method, run_compare  # noqa: E402
 from cps3d.demo import CONFIGURATION, INTENSITY  # noqa: E402
+from cps3d.files import write_json  # noqa: E402
 
 DATASET_ID, NAME = 950, "SSLGain"
 
@@ -71,23 +72,23 @@ def prepare(args):
     data_settings = {"pool": pool, "val": args.val, "unlabeled": args.unlabeled, "test": args.test,
                      "size": args.size, "seed": args.phantom_seed}
     stamp = work / "data.json"
-    if not stamp.is_file() or json.loads(stamp.read_text()) != data_settings:
+    if not _stamp_matches(stamp, data_settings):
         if work.exists():
             for sub in ("raw", "preprocessed", "preprocessed_split", "results", "runs", "labels_val", "labels_test"):
                 shutil.rmtree(work / sub, ignore_errors=True)
             (work / "split.json").unlink(missing_ok=True)
         write_dataset(raw, pool + args.val, args.unlabeled, args.test, seed=args.phantom_seed, size=args.size,
                       dataset_id=DATASET_ID, name=NAME, num_processes=args.jobs, progress=False)
-        stamp.write_text(json.dumps(data_settings))
+        write_json(stamp, data_settings)
     ds = RawDataset.load(folder)
     fp = ensure_fingerprint(ds, pre, FingerprintConfig(args.intensity), args.jobs, progress=False)
     plan_config = PlanConfig(configurations=(args.configuration,), base_features=args.features,
                              max_features=args.max_features, n_stages=args.stages,
                              patch_size=tuple(args.patch) if args.patch else None, batch_size=args.batch)
     plan_stamp = work / "plan.json"
-    if not plan_stamp.is_file() or json.loads(plan_stamp.read_text()) != asdict(plan_config):
+    if not _stamp_matches(plan_stamp, asdict(plan_config)):
         plan_experiment(raw, pre, ds.name, plan_config, fp["cps3d"])
-        plan_stamp.write_text(json.dumps(asdict(plan_config)))
+        write_json(plan_stamp, asdict(plan_config))
     plans = load_plans(pre, ds.name)
     preprocess(ds, pre, plans, args.configuration, args.jobs, progress=False)
     # phantoms are independent draws: the first ones of the pool train, the last --val ones validate
@@ -112,11 +113,17 @@ def extra_validation(args) -> str | None:
     folder = root / f"Dataset{DATASET_ID + 1:03d}_ExtraVal"
     settings = {"extra_val": args.extra_val, "size": args.size, "seed": args.extra_seed}
     stamp = Path(args.work_dir) / "extra.json"
-    if not stamp.is_file() or json.loads(stamp.read_text()) != settings:
+    if not _stamp_matches(stamp, settings):
         write_dataset(root, args.extra_val, 0, 0, seed=args.extra_seed, size=args.size, dataset_id=DATASET_ID + 1,
                       name="ExtraVal", num_processes=args.jobs, progress=False, overwrite=folder.exists())
-        stamp.write_text(json.dumps(settings))
+        write_json(stamp, settings)
     return str(folder)
+
+
+def _stamp_matches(stamp: Path, settings: dict) -> bool:
+    """Whether ``stamp`` (written by :func:`cps3d.files.write_json` when a step finished) records ``settings``;
+    compared as JSON, so that tuples in the settings match the lists read back."""
+    return stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(settings))
 
 
 def header(args, summary: dict, methods: dict, wall: float) -> str:
