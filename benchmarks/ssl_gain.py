@@ -135,7 +135,9 @@ def header(args, summary: dict, methods: dict, wall: float) -> str:
             f"{args.unlabeled} unlabeled, {args.val} validation and {args.test} test phantoms"
             + (f" (and {args.extra_val} extra validation phantoms of phantom seed {args.extra_seed})"
                if "extra" in args.evaluate else "") + "; every method trains "
-            f"{args.epochs} x {args.iters} iterations with SGD {OPTIMIZERS[args.optimizer]}, intensity statistics "
+            f"{args.epochs} x {args.iters} iterations with SGD {OPTIMIZERS[args.optimizer]}"
+            + (f", the rate falling to 0 over the last {args.lr_final_decay:g} of the run" if args.lr_final_decay else "")
+            + ", intensity statistics "
             f"`{args.intensity}`. Methods: "
             + "; ".join(f"`{m}` = {v}" for m, v in methods.items())
             + f". Training time of all runs: {sum(r['train_seconds'] for r in runs) / 60:.0f} min"
@@ -162,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                    f"foreground (default: {INTENSITY}, as the demo)")
     p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="short",
                    help="short: SGD lr 0.1, momentum 0.9 (the demo's, default); nnunet: lr 0.01, momentum 0.99")
+    p.add_argument("--lr-final-decay", type=float, default=0.0, metavar="SHARE",
+                   help="every method's learning rate falls linearly to 0 over the last SHARE of its run (default 0, "
+                   "off; the demo's protocol uses cps3d.demo.FINAL_DECAY)")
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--max-features", type=int, default=128)
     p.add_argument("--stages", type=int, default=None)
@@ -203,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = extra_validation(args)
     train = {"epochs": args.epochs, "iters_per_epoch": args.iters, "val_iters": 1, "save_every": 10 ** 6,
              "final_validation": False, **OPTIMIZERS[args.optimizer]}
+    if args.lr_final_decay:
+        train["lr_final_decay"] = args.lr_final_decay
     config = CompareConfig(labeled=tuple(args.labeled), seeds=tuple(args.seeds), methods=methods, train=train,
                            evaluate=tuple(args.evaluate), extra=extra, configuration=args.configuration,
                            device=args.device,

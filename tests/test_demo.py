@@ -47,6 +47,16 @@ def test_demo_reduced_mode_writes_report_and_reuses_work(tmp_path, capsys):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, fig
         assert f"]({fig})" in report
 
+    # both models train with the demo's protocol: the short-run optimizer and its final decay, the same for both
+    from cps3d.demo import FINAL_DECAY, SHORT_RUN_OPTIMIZER
+    from cps3d.files import read_json
+
+    for trainer in ("CPSTrainer", "SupervisedTrainer"):
+        saved = read_json(work / "results" / "Dataset900_Phantoms" / f"{trainer}__cps3dPlans__2d" / "fold_all" /
+                          "cps3d_config.json")["train_config"]
+        assert saved["lr_final_decay"] == FINAL_DECAY > 0
+        assert (saved["initial_lr"], saved["momentum"]) == tuple(SHORT_RUN_OPTIMIZER.values())
+
     # a second run reuses everything: no training, no prediction
     ckpt = work / "results" / "Dataset900_Phantoms" / "CPSTrainer__cps3dPlans__2d" / "fold_all" / \
         "checkpoint_final.pth"

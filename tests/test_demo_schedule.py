@@ -3,7 +3,7 @@ hand computations."""
 
 import pytest
 
-from cps3d.demo import not_learned, training_schedule
+from cps3d.demo import WINDOW_COST, not_learned, sliding_windows, training_schedule
 from cps3d.training.schedules import cps_lambda
 
 
@@ -30,27 +30,63 @@ def test_schedule_sizes_epochs_and_the_lambda_ramp(minutes, t_sup, t_cps, cps_mi
 
 
 def test_schedule_reserves_time_for_predicting_and_scoring_the_test_scans():
-    # 60 scans x runs at 14 + 2 supervised steps of 0.2 s each = 192 s = 3.2 min: training 13.8 - 3.2 = 10.6 min,
-    # CPS 10.6 x 0.8 / 1.08 = 7.8519 min = 471.1 s / 0.8 s = 588 iterations -> 29 per epoch, 20 epochs
-    s = training_schedule(15, "cpu", 0.2, 0.8, predictions=60)
-    assert s["cps_minutes"] == pytest.approx(7.8519, rel=1e-4)
-    assert (s["iters_per_epoch"], s["expected_epochs"]) == (29, 20)
-    # a machine twice as slow predicts twice as long: 6.4 min, training 7.4 min, CPS 7.4 x 1.6 / 2.16 = 5.4815 min
-    slow = training_schedule(15, "cpu", 0.4, 1.6, predictions=60)
-    assert slow["cps_minutes"] == pytest.approx(5.4815, rel=1e-4)
+    # 4000 windows x WINDOW_COST passes of 10 ms + 60 scans x runs scored at 2 supervised steps of 0.2 s
+    predict_s = 4000 * WINDOW_COST * 0.01
+    after = (predict_s + 60 * 2 * 0.2) / 60
+    s = training_schedule(15, "cpu", 0.2, 0.8, windows=4000, t_window=0.01, scored=60)
+    # training 13.8 min less that, CPS its share 0.8 / 1.08
+    assert s["cps_minutes"] == pytest.approx((13.8 - after) * 0.8 / 1.08, rel=1e-6)
+    assert s["prediction_windows"] == 4000 and s["seconds_per_iteration"]["window"] == 0.01
+    # the windows, not the training step, set the prediction's share: twice the windows, twice the reserve for it
+    more = training_schedule(15, "cpu", 0.2, 0.8, windows=8000, t_window=0.01, scored=60)
+    assert s["cps_minutes"] - more["cps_minutes"] == pytest.approx(predict_s / 60 * 0.8 / 1.08, rel=1e-6)
+    # a machine twice as slow predicts and scores twice as long
+    slow = training_schedule(15, "cpu", 0.4, 1.6, windows=4000, t_window=0.02, scored=60)
+    assert slow["cps_minutes"] == pytest.approx((13.8 - 2 * after) * 1.6 / 2.16, rel=1e-6)
     # the floor of half a minute of training holds however many scans there are
-    assert training_schedule(15, "cpu", 0.2, 0.8, predictions=10 ** 4)["cps_minutes"] == pytest.approx(0.5 * 0.8 / 1.08)
+    assert training_schedule(15, "cpu", 0.2, 0.8, windows=10 ** 7, t_window=0.01)["cps_minutes"] == \
+        pytest.approx(0.5 * 0.8 / 1.08)
 
 
 def test_schedule_subtracts_the_time_already_spent():
     # 1.5 minutes spent on phantoms and preprocessing: training 13.8 - 1.5 = 12.3 min, CPS 12.3 x 0.8 / 1.08
     s = training_schedule(15, "cpu", 0.2, 0.8, elapsed_minutes=1.5)
     assert s["cps_minutes"] == pytest.approx(9.1111, rel=1e-4)
-    # with the predictions too: 13.8 - 1.5 - 3.2 = 9.1 min, CPS 6.7407 min
-    both = training_schedule(15, "cpu", 0.2, 0.8, predictions=60, elapsed_minutes=1.5)
-    assert both["cps_minutes"] == pytest.approx(6.7407, rel=1e-4)
+    # with 60 scans x runs to score too (2 steps of 0.2 s each = 0.4 min): 13.8 - 1.5 - 0.4 = 11.9 min, CPS 8.8148 min
+    both = training_schedule(15, "cpu", 0.2, 0.8, scored=60, elapsed_minutes=1.5)
+    assert both["cps_minutes"] == pytest.approx(8.8148, rel=1e-4)
     # a budget already spent still trains half a minute
     assert training_schedule(15, "cpu", 0.2, 0.8, elapsed_minutes=20)["cps_minutes"] == pytest.approx(0.5 * 0.8 / 1.08)
+
+
+def test_sliding_windows_counts_nnunets_windows_by_hand(tiny_project, tmp_path):
+    import copy
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from cps3d.files import read_json
+    from cps3d.inference import PRESETS
+
+    # a scan of 3 slices of 10 x 7 voxels (array order z, y, x), 2 mm slices of 1 x 1 mm pixels
+    image = sitk.GetImageFromArray(np.zeros((3, 10, 7), np.float32))
+    image.SetSpacing((1.0, 1.0, 2.0))
+    path = tmp_path / "scan_0000.nii.gz"
+    sitk.WriteImage(image, str(path))
+    plans = copy.deepcopy(read_json(tiny_project.preprocessed_root / tiny_project.dataset_name / "cps3dPlans.json"))
+    plans["transpose_forward"] = plans["transpose_backward"] = [0, 1, 2]
+    full = plans["configurations"]["3d_fullres"]
+    full.update(patch_size=[2, 8, 8], spacing=[2.0, 1.0, 1.0])
+    plans["configurations"]["2d"] = dict(copy.deepcopy(full), patch_size=[8, 8], spacing=[0.5, 1.0])
+    # 2D at 0.5 x 1 mm: each slice becomes 20 x 7, padded to 20 x 8; steps of 0.7 x 8 = 5.6 voxels: along y
+    # ceil((20 - 8) / 5.6) + 1 = 4 windows, along x 1; 4 per slice x 3 slices
+    assert sliding_windows([path], plans, "2d") == 12
+    # 3D at its own spacing: z 3 (patch 2) -> ceil(1 / 1.4) + 1 = 2, y 10 -> 2, x 7 -> padded 8 -> 1
+    assert sliding_windows([path], plans, "3d_fullres") == 4
+    # the paper's forced spacing tells the network the pixels are 0.75 mm: 15 x 5 -> 15 x 8, ceil(7 / 5.6) + 1 = 3
+    # windows per slice; 2D keeps the 3 slices whatever spacing the slices are assumed to have
+    assert sliding_windows([path], plans, "2d", PRESETS["paper"]) == 9
+    assert sliding_windows([path, path], plans, "2d") == 24
 
 
 def test_not_learned_lists_organs_below_the_threshold_in_every_run():

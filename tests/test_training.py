@@ -440,3 +440,50 @@ def test_cutmix_cross_terms_are_those_of_the_mixed_batch_against_mixed_teachers(
     differ = [not torch.allclose(a[n], p.grad, rtol=1e-3, atol=1e-6) for a, net in zip(mixed, nets)
               for n, p in net.named_parameters() if p.grad is not None]
     assert sum(differ) >= len(differ) // 4  # the reference above matched to 1e-4
+
+
+def test_final_decay_factor_by_hand():
+    from cps3d.training.schedules import final_decay_factor
+
+    # the last quarter of the run: 1 until progress 0.75, then (1 - progress) / 0.25
+    assert [final_decay_factor(p, 0.25) for p in (0.0, 0.5, 0.75, 0.8, 0.9, 1.0, 1.2)] == \
+        pytest.approx([1.0, 1.0, 1.0, 0.8, 0.4, 0.0, 0.0])
+    assert final_decay_factor(0.99, 0.0) == 1.0  # off
+    assert final_decay_factor(0.5, 1.0) == pytest.approx(0.5)  # the whole run: linear from the start
+    with pytest.raises(ValueError, match="share=1.5"):
+        final_decay_factor(0.5, 1.5)
+    with pytest.raises(ValueError, match=r"lr_final_decay=-0.1: must be in \[0, 1\]"):
+        TrainConfig(lr_final_decay=-0.1)
+
+
+def test_final_decay_lowers_the_rate_it_trains_with_and_checkpoints_the_schedules(tiny_project, tmp_path):
+    """Poly's rate times the decay factor in each epoch (decay over the last half of 4 epochs: factors 1, 1, 1,
+    0.5); the optimizer in the checkpoint holds the schedule's own rate, so that a resumed run decays from it."""
+    config = TrainConfig(mode="supervised", epochs=4, lr_schedule="poly", initial_lr=0.1, lr_final_decay=0.5, **QUICK)
+    trainer = train(tiny_project.dataset_name, tiny_project.preprocessed_root, tmp_path, "3d_fullres", 0, config,
+                    device="cpu", show_progress=False)
+    ckpt = torch.load(f"{trainer.output_folder}/checkpoint_final.pth", map_location="cpu", weights_only=False)
+    poly = [0.1 * (1 - e / 4) ** 0.9 for e in range(4)]
+    assert ckpt["logging"]["lrs"] == pytest.approx([poly[0], poly[1], poly[2], 0.5 * poly[3]])
+    assert ckpt["optimizer_state"]["param_groups"][0]["lr"] == pytest.approx(poly[3])
+
+
+def test_final_decay_follows_the_clock_under_max_minutes_for_both_networks(tiny_project, tmp_path):
+    from time import time
+
+    config = TrainConfig(epochs=100, max_minutes=1.0, lr_final_decay=0.4, initial_lr=0.1, **QUICK)
+    trainer = make_trainer(tiny_project, tmp_path, config)
+    trainer.load_checkpoint(str(tiny_project.model_dir / "fold_0" / "checkpoint_final.pth"))
+    for opt in trainer.optimizers:  # the plateau schedule's rate, as if never lowered
+        opt.param_groups[0]["lr"] = 0.1
+    trainer.current_epoch = 10
+    trainer._train_started = time() - 48  # 0.8 of the minute spent: further on than epoch 10 of 100
+    trainer.on_train_epoch_start()
+    # factor (1 - 0.8) / 0.4 = 0.5 (a little less: the clock moved on)
+    assert [opt.param_groups[0]["lr"] for opt in trainer.optimizers] == pytest.approx([0.05, 0.05], rel=0.01)
+    trainer.on_train_epoch_end([{"loss": 1.0, "sup": 1.0, "cps": 0.0, "loss_1": 1.0, "loss_2": 1.0}])  # the schedule's rate back
+    assert [opt.param_groups[0]["lr"] for opt in trainer.optimizers] == [0.1, 0.1]
+    trainer._train_started = time()  # no time spent: epoch 70 of 100 decides, factor (1 - 0.7) / 0.4
+    trainer.current_epoch = 70
+    trainer.on_train_epoch_start()
+    assert [opt.param_groups[0]["lr"] for opt in trainer.optimizers] == pytest.approx([0.075, 0.075])

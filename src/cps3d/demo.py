@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -30,6 +30,7 @@ from cps3d.planning import DEFAULT_PLANS_NAME
 
 if TYPE_CHECKING:
     from cps3d.evaluation.summary import EvaluationResult, EvaluationSummary
+    from cps3d.inference.forced_spacing import ForcedSpacing
 
 log = logging.getLogger(__name__)
 
@@ -44,30 +45,37 @@ INTENSITY = "body"  # global statistics are dominated by air: organ contrast shr
 # the optimizer for minutes, not days: nnU-Net's momentum 0.99 averages over ~100 steps, too slow to follow in a few
 # hundred; lr 0.1 with momentum 0.9 takes the same effective step (lr / (1 - momentum) = 1) and reacts 10x faster
 SHORT_RUN_OPTIMIZER = {"initial_lr": 0.1, "momentum": 0.9}
+# and the learning rate falling linearly to 0 over the last 30 % of each run (CPS: of its time; the baseline: of its
+# epochs): at a constant 0.1 the last weights are a noisy iterate, 100 iterations more or less moved the mean DSC by
+# 0.02-0.03. Chosen on 20 validation phantoms, 3 seeds at 1000 iterations (benchmarks/README.md, "The final decay")
+FINAL_DECAY = 0.3
 # the cross terms: the paper's (Dice+CE against the other network's argmax on every voxel, TrainConfig's defaults).
 # Cross-entropy on confident pseudo-labels (the benchmark's ``cps``) was the demo's until 7 seeds on 20 validation
 # phantoms chose the paper's (+0.013 mean DSC over it; benchmarks/README.md, "Seven seeds")
 CPS_OBJECTIVE = {"cps_loss": "dice_ce", "confidence": 0.0}
 # what the schedule keeps for the steps after training, on top of the time already spent when it is made (phantoms,
-# preprocessing, the step measurement: measured, not guessed): predicting the test scans -- one scan with one model
-# took about 14 supervised training steps (1.5 s per small phantom and run, the mean over the three runs, against a
-# 0.11 s step on 2 cores) -- and scoring them (about 0.6 step per scan and run measured, 2 kept), both scaling with
-# the machine's speed
-PREDICTION_STEPS_PER_CASE = 14
+# preprocessing, the step measurement: measured, not guessed). Predicting: one network pass per sliding window
+# (:func:`sliding_windows`, counted on the test scans), each costing WINDOW_COST bare batch-1 forward passes as the
+# calibration measures them (the predictor's padding, accumulation and export on top: 0.84-1.37 measured on demo
+# seeds 0 and 2, 8-11 ms per window for either; 1.3 kept). At these sizes a pass costs about the same whatever the
+# patch, so the windows decide, not the training step: demo seed 2's smaller patch has 40 % more windows than seed 0
+# and a faster step, and its prediction took twice the reserve that 14 training steps per scan had kept. Scoring:
+# about 0.6 supervised step per scan and run measured, 2 kept
+WINDOW_COST = 1.3
 EVALUATION_STEPS_PER_CASE = 2
 # and a share of the budget for what the schedule cannot know: CPS stops after the epoch in which its time is up (a
 # twentieth of its training or more), and the baseline then trains as many iterations as CPS completed, at a speed
-# estimated from the measured step (on 2 cores they took 26 s and 11 s more than planned, and prediction 14 s more).
-# It does not cover phantoms that plan a patch much smaller than their scans (demo seed 2: the step measured fast,
-# data loading and prediction did not shrink with it, 39 s over; benchmarks/README.md, "The demo")
+# estimated from the measured step (on 2 cores they took 26 s and 11 s more than planned; on demo seed 2 the
+# baseline's data loading, which does not shrink with the patch, 46 s more)
 MARGIN_SHARE = 0.08
 
 
 class StepSeconds(TypedDict):
-    """Measured seconds of one training iteration of each method."""
+    """Measured seconds of one training iteration of each method, and of one sliding window's forward pass."""
 
     supervised: float
     cps: float
+    window: float
 
 
 class TrainingSchedule(TypedDict):
@@ -81,22 +89,24 @@ class TrainingSchedule(TypedDict):
     lambda_start_epoch: int
     lambda_ramp_epochs: int
     seconds_per_iteration: StepSeconds
+    prediction_windows: int
 
 
-def training_schedule(minutes: float, device: str, t_sup: float, t_cps: float,
-                      predictions: int = 0, elapsed_minutes: float = 0.0) -> TrainingSchedule:
+def training_schedule(minutes: float, device: str, t_sup: float, t_cps: float, windows: int = 0,
+                      t_window: float = 0.0, scored: int = 0, elapsed_minutes: float = 0.0) -> TrainingSchedule:
     """The demo's training schedule for a budget of ``minutes`` and measured seconds per iteration (supervised, CPS).
 
     Training gets the budget less what is already spent (``elapsed_minutes``), a margin (``MARGIN_SHARE`` of the
-    budget) and ``PREDICTION_STEPS_PER_CASE + EVALUATION_STEPS_PER_CASE`` supervised steps for each of the
-    ``predictions`` scans x runs to predict and score, with half a minute at least.
+    budget), the prediction of the test scans (``windows`` sliding windows over all runs, ``WINDOW_COST`` measured
+    forward passes of ``t_window`` seconds each) and their scoring (``EVALUATION_STEPS_PER_CASE`` supervised steps
+    for each of the ``scored`` scans x runs), with half a minute at least.
     CPS and the baseline train for the same number of iterations, so CPS's share of the training time is
     ``t_cps / (t_cps + t_sup)``; the iterations expected in it (a data-loading overhead on top of the step) size the
     epochs (10-50 iterations each), and lambda rises from 0 to 0.5 over the first half of the expected epochs (the
     paper's schedule, scaled to the run). The clock stops the training (``cps_minutes``); the epoch cap only guards
     against a wildly wrong measurement.
     """
-    after_minutes = predictions * (PREDICTION_STEPS_PER_CASE + EVALUATION_STEPS_PER_CASE) * t_sup / 60
+    after_minutes = (windows * WINDOW_COST * t_window + scored * EVALUATION_STEPS_PER_CASE * t_sup) / 60
     train_minutes = max(0.5, (1 - MARGIN_SHARE) * minutes - elapsed_minutes - after_minutes)
     # data loading (augmentation in the training process) and validation on top of the step: measured on one CPU
     # core, a CPS iteration took about the calibrated step, a supervised one 1.25-1.4x it (one batch to load for a
@@ -109,7 +119,40 @@ def training_schedule(minutes: float, device: str, t_sup: float, t_cps: float,
     return {"max_epochs": 100 * epochs, "expected_epochs": epochs, "iters_per_epoch": iters_per_epoch,
             "val_iters": 2, "cps_minutes": cps_minutes, "lambda_start_epoch": 0,
             "lambda_ramp_epochs": max(1, epochs // 2),
-            "seconds_per_iteration": {"supervised": t_sup, "cps": t_cps}}
+            "seconds_per_iteration": {"supervised": t_sup, "cps": t_cps, "window": t_window},
+            "prediction_windows": windows}
+
+
+def sliding_windows(images: Sequence[str | os.PathLike], plans: dict, configuration: str,
+                    forced_spacing: ForcedSpacing | None = None, step: float = 0.7) -> int:
+    """How many sliding windows (network passes at batch 1) predicting ``images`` with ``configuration`` of
+    ``plans`` takes, with the paper's step and no mirroring: nnU-Net's windows over each scan resampled to the plan's
+    spacing (its own, or ``forced_spacing``'s assumed one) and padded to the patch; a 2D configuration runs them on
+    every slice. Reads the images (the demo's test scans are small); nnU-Net's crop to the nonzero region is left out,
+    so scans with a zero border count a few windows too many."""
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from cps3d.inference.forced_spacing import force_spacing_on_properties
+
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    patch = [int(p) for p in cm.patch_size]
+    reader = pm.image_reader_writer_class()
+    total = 0
+    for path in images:
+        image, properties = reader.read_images([str(path)])
+        shape = image.shape[1:]
+        if forced_spacing is not None:
+            force_spacing_on_properties(properties, shape, forced_spacing)
+        shape = [shape[a] for a in pm.transpose_forward]
+        spacing = [float(properties["spacing"][a]) for a in pm.transpose_forward]
+        target = [*spacing[:len(shape) - len(cm.spacing)], *cm.spacing]  # 2D keeps the slice spacing
+        new = [int(round(n * s / t)) for n, s, t in zip(shape, spacing, target)]
+        leading, inner = new[:len(new) - len(patch)], [max(n, p) for n, p in zip(new[len(new) - len(patch):], patch)]
+        steps = compute_steps_for_sliding_window(tuple(inner), tuple(patch), step)
+        total += int(np.prod(leading)) * int(np.prod([len(s) for s in steps]))
+    return total
 
 
 @dataclass(frozen=True)
@@ -222,9 +265,11 @@ class Demo:
         preprocess(ds, self.pre, plans, CONFIGURATION, self.c.num_processes, self.c.progress)
         return plans
 
-    def _seconds_per_iteration(self, plans: dict) -> tuple[float, float]:
+    def _measure_steps(self, plans: dict) -> StepSeconds:
         """Measured seconds of one supervised and one CPS network step (forward, loss, backward, step) on random
-        batches of the plan's shape; data loading comes on top and is accounted for by the caller."""
+        batches of the plan's shape, and of one prediction window (network 1 of the supervised trainer, batch 1,
+        evaluation mode, no deep supervision); data loading and the predictor's work come on top and are accounted
+        for by the caller."""
         import shutil
         import tempfile
 
@@ -232,6 +277,17 @@ class Demo:
 
         from cps3d.training.config import TrainConfig
         from cps3d.training.run import build_trainer
+
+        def median_seconds(fn, arg, repeats: int) -> float:
+            samples = []
+            for i in range(repeats + 1):
+                start = time.perf_counter()
+                fn(arg)
+                if self.device == "cuda":
+                    torch.cuda.synchronize()
+                if i > 0:  # the first one warms up
+                    samples.append(time.perf_counter() - start)
+            return float(np.median(samples))
 
         times = {}
         scratch = tempfile.mkdtemp(prefix="calibration_", dir=self.work)  # nnU-Net's trainer makes a log folder
@@ -241,24 +297,23 @@ class Demo:
             t = build_trainer(DATASET_NAME, self.pre, scratch, CONFIGURATION, "all", config, device=self.device,
                               plans=plans, show_progress=False)
             batch = t.prepare_synthetic_steps()  # random batches of the plan's shape; CPS: an unlabeled one too
-            samples = []
-            for i in range(3):
-                start = time.perf_counter()
-                t.train_step(batch)
-                if t.device.type == "cuda":
-                    torch.cuda.synchronize()
-                if i > 0:  # the first iteration warms up
-                    samples.append(time.perf_counter() - start)
-            times[mode] = float(np.median(samples))
+            times[mode] = median_seconds(t.train_step, batch, 2)
+            if mode == "supervised":
+                net = t.networks[0]
+                net.eval()
+                t.set_deep_supervision_enabled(False)
+                window = batch["data"][:1].to(t.device)
+                with torch.inference_mode():
+                    times["window"] = median_seconds(net, window, 10)
         shutil.rmtree(scratch, ignore_errors=True)
-        return times["supervised"], times["cps"]
+        return {"supervised": times["supervised"], "cps": times["cps"], "window": times["window"]}
 
     @staticmethod
     def _objective(mode: str) -> dict:
         """TrainConfig fields of the demo's protocol for ``mode`` (the optimizer for both, the cross terms for CPS)."""
-        return {**SHORT_RUN_OPTIMIZER, **(CPS_OBJECTIVE if mode == "cps" else {})}
+        return {**SHORT_RUN_OPTIMIZER, "lr_final_decay": FINAL_DECAY, **(CPS_OBJECTIVE if mode == "cps" else {})}
 
-    def train(self, plans: dict) -> dict[str, Path]:
+    def train(self, ds, plans: dict) -> dict[str, Path]:
         """CPS first, on the clock; then the baseline for exactly as many iterations.
 
         Measured step times size the epochs and the lambda ramp (``training_schedule``), but training stops on the
@@ -276,15 +331,24 @@ class Demo:
         if self.state.done("schedule", settings_key):
             schedule: TrainingSchedule = self.state.info("schedule")["schedule"]
         else:
-            t_sup, t_cps = self._seconds_per_iteration(plans)
-            schedule = training_schedule(self.c.minutes, self.device, t_sup, t_cps, predictions=len(RUNS) * self.c.test,
+            from cps3d.inference import PRESETS
+
+            steps = self._measure_steps(plans)
+            tests = [v["images"][0] for _, v in sorted(ds.test_cases().items())]
+            # the three runs: baseline and CPS at the plan's spacing, CPS with the paper's forced spacing
+            windows = 2 * sliding_windows(tests, plans, CONFIGURATION) + \
+                sliding_windows(tests, plans, CONFIGURATION, PRESETS["paper"])
+            schedule = training_schedule(self.c.minutes, self.device, steps["supervised"], steps["cps"],
+                                         windows=windows, t_window=steps["window"], scored=len(RUNS) * self.c.test,
                                          elapsed_minutes=(time.monotonic() - self.t0) / 60)
             self.state.record("schedule", settings_key, schedule=schedule)
         log.info("Training schedule: CPS for %.1f minutes (about %d epochs x %d iterations expected from a measured "
                  "step of %.2f s; %.2f s supervised; lambda from 0 to 0.5 over %d epochs), then the baseline for "
-                 "as many epochs", schedule["cps_minutes"], schedule["expected_epochs"],
+                 "as many epochs (%d sliding windows to predict, %.1f ms per forward pass measured)",
+                 schedule["cps_minutes"], schedule["expected_epochs"],
                  schedule["iters_per_epoch"], schedule["seconds_per_iteration"]["cps"],
-                 schedule["seconds_per_iteration"]["supervised"], schedule["lambda_ramp_epochs"])
+                 schedule["seconds_per_iteration"]["supervised"], schedule["lambda_ramp_epochs"],
+                 schedule["prediction_windows"], 1000 * schedule["seconds_per_iteration"]["window"])
         common: dict[str, Any] = dict(iters_per_epoch=schedule["iters_per_epoch"], val_iters=schedule["val_iters"],
                                       lambda_ramp_epochs=schedule["lambda_ramp_epochs"],
                                       lambda_start_epoch=schedule.get("lambda_start_epoch", 0),
@@ -415,7 +479,9 @@ end to end and how the pieces compare on this toy problem; they say nothing abou
   {schedule['lambda_ramp_epochs']} epochs, {last_lambda:.2f} in the last one), then the baseline for the same
   {epochs} x {schedule['iters_per_epoch']} iterations, both on all labeled cases (fold "all"). Measured network step
   before training: {schedule['seconds_per_iteration']['supervised']:.2f} s (supervised) vs
-  {schedule['seconds_per_iteration']['cps']:.2f} s (CPS). Training took {_seconds(train_s['supervised'])} (baseline) and
+  {schedule['seconds_per_iteration']['cps']:.2f} s (CPS), and one prediction window's forward pass
+  {1000 * schedule['seconds_per_iteration']['window']:.1f} ms ({schedule['prediction_windows']} windows kept for the
+  three predictions of the test scans). Training took {_seconds(train_s['supervised'])} (baseline) and
   {_seconds(train_s['cps'])} (CPS). A slower machine trains fewer iterations in the same budget.
 - Inference: sliding window with step 0.7, no test-time augmentation, network 1, largest-component post-processing;
   "CPS + forced spacing" assumes the paper's spacing (0.75, 0.75, 0.5 mm by its slice-count rule). These phantoms have
@@ -430,7 +496,8 @@ measured to learn fastest there (benchmarks/ssl_gain.py, on validation phantoms,
   count, but air no longer dominates the clip window and the normalisation (organ contrast about 3x larger).
 - **SGD with lr {SHORT_RUN_OPTIMIZER['initial_lr']:g} and momentum {SHORT_RUN_OPTIMIZER['momentum']:g}** for both models
   instead of nnU-Net's 0.01 and 0.99 (the same effective step, but momentum 0.99 averages over about 100 steps, too
-  slowly for a run of a few hundred).
+  slowly for a run of a few hundred), **falling linearly to 0 over the last {FINAL_DECAY:.0%} of each run** (not in
+  the paper: at a constant rate the last weights are a noisy iterate; chosen on validation phantoms).
 - **Few labeled cases, many test scans** ({self.c.labeled} labeled and {self.c.test} test here; 2 and 20 by default):
   in the benchmark CPS helped where labels limit (2 labeled cases, +0.029 mean DSC over 7 seeds at 1500 iterations
   with the paper's objective) and not with 5, and 4 test scans could not resolve a difference of 0.02 mean DSC. The paper has 50
@@ -472,7 +539,7 @@ The same axial slices of two test scans: image, reference, baseline, CPS and CPS
             os.environ.setdefault("nnUNet_n_proc_DA", "0")
         ds = self.data()
         plans = self.plan_and_preprocess(ds)
-        models = self.train(plans)
+        models = self.train(ds, plans)
         predictions = self.predict(ds, models)
         results = self.evaluate(predictions)
         path = self.report(ds, models, predictions, results)

@@ -63,6 +63,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--plateau-on", choices=PLATEAU_SIGNALS, default=None,
                    help="the loss of each network that the plateau schedule watches: total (supervised + lambda x "
                    f"CPS, which rises by design while lambda ramps up) or supervised (default: {_default('plateau_on')})")
+    p.add_argument("--lr-final-decay", type=float, default=None, metavar="SHARE",
+                   help="let the learning rate fall linearly to 0 over the last SHARE of the run (0 to 1), on top of "
+                   "--lr-schedule; the run's progress is its epoch over --epochs or, with --max-minutes, its time "
+                   f"if further on (default: {_default('lr_final_decay'):g}, off: the paper's)")
     p.add_argument("--initial-lr", type=float, default=None, help=f"default: {_default('initial_lr')}")
     p.add_argument("--momentum", type=float, default=None,
                    help=f"SGD (Nesterov) momentum (default: {_default('momentum')}, nnU-Net's; for runs of a few "
@@ -123,8 +127,8 @@ def _argv_without_num_gpus(argv: list[str]) -> list[str]:
 
 # the TrainConfig fields that options set, by argparse dest (every default is None: "not given")
 _CONFIG_OPTIONS = ("mode", "epochs", "iters_per_epoch", "val_iters", "lambda_max", "lambda_ramp_epochs",
-                   "lambda_start_epoch", "cps_loss", "confidence", "cutmix", "lr_schedule", "plateau_on", "initial_lr",
-                   "momentum", "seed", "save_every", "max_minutes", "final_validation", "amp")
+                   "lambda_start_epoch", "cps_loss", "confidence", "cutmix", "lr_schedule", "plateau_on",
+                   "lr_final_decay", "initial_lr", "momentum", "seed", "save_every", "max_minutes", "final_validation", "amp")
 
 
 def _train_config(args: argparse.Namespace, preprocessed_root, results_root, dataset_name: str):

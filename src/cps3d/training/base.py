@@ -41,7 +41,7 @@ from cps3d import __version__
 from cps3d.files import atomic_path, write_json
 from cps3d.training.config import TrainConfig
 from cps3d.training.progress import plot_progress
-from cps3d.training.schedules import PlateauSchedule, extended_poly_initial_lr
+from cps3d.training.schedules import PlateauSchedule, extended_poly_initial_lr, final_decay_factor
 from cps3d.training.validation import dice_per_class, hard_counts, mean_over_ranks
 
 
@@ -89,6 +89,8 @@ class MultiNetworkTrainer(nnUNetTrainer):
         self.unlabeled_batch_size = 0
         self.current_lambda = 0.0
         self.show_progress = True
+        self._train_started = time()  # run_training's start: max_minutes and the final decay count from it
+        self._scheduled_lrs: list[float] = []  # each optimizer's rate from its schedule, before the final decay
         logged = self.logger.local_logger.my_fantastic_logging
         for key in self.log_keys():
             logged.setdefault(key, [])
@@ -250,6 +252,13 @@ class MultiNetworkTrainer(nnUNetTrainer):
         if self.train_config.lr_schedule == "poly":
             for sched in self.schedulers:
                 sched.step(self.current_epoch)
+        # the final decay scales the schedule's rate for this epoch only: on_train_epoch_end puts the schedule's own
+        # back before the plateau schedule sees it (it lowers the rate it finds) and before the checkpoint
+        self._scheduled_lrs = [opt.param_groups[0]["lr"] for opt in self.optimizers]
+        factor = final_decay_factor(self.run_progress(), self.train_config.lr_final_decay)
+        for opt, lr in zip(self.optimizers, self._scheduled_lrs):
+            for group in opt.param_groups:
+                group["lr"] = lr * factor
         self.current_lambda = self.lambda_at(self.current_epoch)
         self.print_to_log_file("")
         self.print_to_log_file(f"Epoch {self.current_epoch}")
@@ -272,6 +281,9 @@ class MultiNetworkTrainer(nnUNetTrainer):
         out = collate_outputs(train_outputs)
         means = {k: mean_over_ranks(np.asarray(v), self.is_ddp) for k, v in out.items()}
         self.log_train_means(means, self.current_epoch)
+        for opt, lr in zip(self.optimizers, self._scheduled_lrs):
+            for group in opt.param_groups:
+                group["lr"] = lr
         if self.train_config.lr_schedule == "plateau":
             # each network's schedule watches its own loss; a single network's is the objective itself
             key = "sup" if self.train_config.plateau_on == "supervised" else "loss"
@@ -363,22 +375,28 @@ class MultiNetworkTrainer(nnUNetTrainer):
                 "host": platform.node(),
             })
 
-    def _time_is_up(self, started: float) -> bool:
-        """Whether ``max_minutes`` has passed (rank 0 decides for every process, so that all stop together)."""
+    def _time_share(self) -> float:
+        """The share of ``max_minutes`` this run has trained so far (0 without a limit); rank 0's for every process,
+        so that all stop together and train with the same learning rate."""
         limit = self.train_config.max_minutes
         if limit is None:
-            return False
-        decision = [time() - started >= 60 * limit]
+            return 0.0
+        share = [(time() - self._train_started) / (60 * limit)]
         if self.is_ddp:
-            dist.broadcast_object_list(decision, src=0)
-        return bool(decision[0])
+            dist.broadcast_object_list(share, src=0)
+        return float(share[0])
+
+    def run_progress(self) -> float:
+        """How far through the run the current epoch starts: its epoch over ``epochs`` or, with ``max_minutes``, the
+        share of the time spent if further on."""
+        return max(self.current_epoch / self.num_epochs, self._time_share())
 
     def run_training(self) -> None:
         self.on_train_start()
         show = self.show_progress and self.local_rank == 0
-        started, first = time(), self.current_epoch
+        self._train_started, first = time(), self.current_epoch
         for epoch in range(self.current_epoch, self.num_epochs):
-            if epoch > first and self._time_is_up(started):
+            if epoch > first and self._time_share() >= 1:
                 self.print_to_log_file(f"Time limit of {self.train_config.max_minutes:g} minutes reached: stopping "
                                        f"after {epoch} epoch(s) instead of {self.num_epochs}")
                 self.num_epochs = epoch

@@ -33,6 +33,9 @@ class TrainConfig:
         code). plateau_*: its factor, patience (epochs), absolute threshold, and the EMA of the training loss it watches.
         plateau_on: which loss of each network the plateau schedule watches: ``total`` (supervised + lambda x CPS; it
         rises by design while lambda ramps up) or ``supervised``.
+    lr_final_decay: the last share of the run (0 to 1) over which the learning rate falls linearly to 0, on top of
+        ``lr_schedule`` (0: off, the paper's). The run's progress is its epoch over ``epochs`` or, with
+        ``max_minutes``, its training time over that if further on.
     initial_lr, weight_decay, momentum, grad_clip: SGD with Nesterov momentum; gradient-norm clipping per network.
     seed: network 1 is initialised with ``seed``, network 2 with ``seed + 1``; data sampling is seeded with
         ``seed + 1000 * rank`` so that DDP ranks draw different batches.
@@ -63,6 +66,7 @@ class TrainConfig:
     plateau_threshold: float = 1e-3
     plateau_ema: float = 0.93
     plateau_on: str = "total"
+    lr_final_decay: float = 0.0
     min_lr: float = 1e-6
     seed: int = 12345
     save_every: int = 1
@@ -82,6 +86,8 @@ class TrainConfig:
         if self.cutmix and self.mode != "cps":
             raise ValueError("cutmix=True needs mode='cps' (it mixes the unlabeled batch of the cross terms)")
         check_choice("plateau_on", self.plateau_on, PLATEAU_SIGNALS)
+        if not 0 <= self.lr_final_decay <= 1:
+            raise ValueError(f"lr_final_decay={self.lr_final_decay}: must be in [0, 1] (a share of the run)")
         for name in ("epochs", "iters_per_epoch", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")

@@ -47,6 +47,21 @@ def extended_poly_initial_lr(initial_lr: float, old_max_epochs: int, new_max_epo
     return initial_lr * ((1 - last / old_max_epochs) / (1 - last / new_max_epochs)) ** exponent
 
 
+def final_decay_factor(progress: float, share: float) -> float:
+    """The factor on the learning rate at ``progress`` through the run (0 at its start, 1 at its end) that lets it
+    fall linearly to 0 over the run's last ``share``: 1 before ``1 - share``, then ``(1 - progress) / share``.
+    ``share`` 0 (TrainConfig's default) leaves the learning rate alone. Raises ValueError unless ``0 <= share <= 1``.
+
+    On top of either schedule: plateau rarely lowers the rate in a run of minutes, so the last weights are a noisy
+    iterate of SGD at the full rate; the decay lets them settle.
+    """
+    if not 0 <= share <= 1:
+        raise ValueError(f"share={share}: must be in [0, 1]")
+    if share == 0:
+        return 1.0
+    return min(1.0, max(0.0, 1.0 - progress) / share)
+
+
 class PlateauSchedule:
     """ReduceLROnPlateau on an exponential moving average of an epoch's training loss (nnU-Net v1's recipe).
 
