@@ -131,6 +131,7 @@ def sliding_windows(images: Sequence[str | os.PathLike], plans: dict, configurat
     every slice. Reads the images (the demo's test scans are small); nnU-Net's crop to the nonzero region is left out,
     so scans with a zero border count a few windows too many."""
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from cps3d.inference.forced_spacing import force_spacing_on_properties
@@ -148,7 +149,7 @@ def sliding_windows(images: Sequence[str | os.PathLike], plans: dict, configurat
         shape = [shape[a] for a in pm.transpose_forward]
         spacing = [float(properties["spacing"][a]) for a in pm.transpose_forward]
         target = [*spacing[:len(shape) - len(cm.spacing)], *cm.spacing]  # 2D keeps the slice spacing
-        new = [int(round(n * s / t)) for n, s, t in zip(shape, spacing, target)]
+        new = [int(n) for n in compute_new_shape(shape, spacing, target)]  # nnU-Net's preprocessing shape
         leading, inner = new[:len(new) - len(patch)], [max(n, p) for n, p in zip(new[len(new) - len(patch):], patch)]
         steps = compute_steps_for_sliding_window(tuple(inner), tuple(patch), step)
         total += int(np.prod(leading)) * int(np.prod([len(s) for s in steps]))
