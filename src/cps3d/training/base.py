@@ -256,9 +256,7 @@ class MultiNetworkTrainer(nnUNetTrainer):
         # back before the plateau schedule sees it (it lowers the rate it finds) and before the checkpoint
         self._scheduled_lrs = [opt.param_groups[0]["lr"] for opt in self.optimizers]
         factor = final_decay_factor(self.run_progress(), self.train_config.lr_final_decay)
-        for opt, lr in zip(self.optimizers, self._scheduled_lrs):
-            for group in opt.param_groups:
-                group["lr"] = lr * factor
+        self._set_lrs([lr * factor for lr in self._scheduled_lrs])
         self.current_lambda = self.lambda_at(self.current_epoch)
         self.print_to_log_file("")
         self.print_to_log_file(f"Epoch {self.current_epoch}")
@@ -277,13 +275,17 @@ class MultiNetworkTrainer(nnUNetTrainer):
             for k in range(1, self.n_networks + 1):
                 self.logger.log(f"train_losses_net{k}", means[f"loss_{k}"], epoch)
 
+    def _set_lrs(self, lrs: Sequence[float]) -> None:
+        """Set each optimizer's learning rate (every parameter group of optimizer k to ``lrs[k]``)."""
+        for opt, lr in zip(self.optimizers, lrs):
+            for group in opt.param_groups:
+                group["lr"] = lr
+
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         out = collate_outputs(train_outputs)
         means = {k: mean_over_ranks(np.asarray(v), self.is_ddp) for k, v in out.items()}
         self.log_train_means(means, self.current_epoch)
-        for opt, lr in zip(self.optimizers, self._scheduled_lrs):
-            for group in opt.param_groups:
-                group["lr"] = lr
+        self._set_lrs(self._scheduled_lrs)
         if self.train_config.lr_schedule == "plateau":
             # each network's schedule watches its own loss; a single network's is the objective itself
             key = "sup" if self.train_config.plateau_on == "supervised" else "loss"
